@@ -1,0 +1,37 @@
+"""ckpt: backprop whose activation memory is a schedule you choose.
+
+    model = ckpt.MLP([784, 256, 256, 10], activation="relu", loss="cross_entropy")
+    result = ckpt.gradients(model, x, y, strategy="sqrt_n")   # loss, grads, stats
+    ckpt.predict_memory(model, "sqrt_n", batch=128).peak_bytes
+"""
+
+from __future__ import annotations
+
+from .backends import NumpyBackend, SymbolicArray, SymbolicBackend
+from .chain import MLP, Chain
+from .executor import Result, Stats, execute
+from .layers import Dense
+from .memory import predict_memory
+from .schedule import (Backward, Forward, ForwardTape, Free, Load, Loss, Save, Schedule,
+                       ScheduleError)
+from .strategies import (forward_only, get_strategy, make_schedule, recompute, register_strategy,
+                         sqrt_n, store_all, strategies)
+
+
+def gradients(model: Chain, x, y, strategy="store_all", **options) -> Result:
+    """One training step's loss, gradients and stats on numpy, with the chosen strategy."""
+    return execute(make_schedule(strategy, len(model), **options), NumpyBackend(model), x, y)
+
+
+def forward(model: Chain, x):
+    """The model's output for x, keeping no tapes (prediction)."""
+    return execute(forward_only(len(model)), NumpyBackend(model), x).output
+
+
+__all__ = [
+    "MLP", "Chain", "Dense", "Schedule", "ScheduleError", "Result", "Stats",
+    "Forward", "ForwardTape", "Save", "Load", "Free", "Loss", "Backward",
+    "store_all", "recompute", "sqrt_n", "forward_only", "register_strategy", "get_strategy",
+    "strategies", "make_schedule", "execute", "gradients", "forward", "predict_memory",
+    "NumpyBackend", "SymbolicBackend", "SymbolicArray",
+]

@@ -1,0 +1,193 @@
+"""The one executor: walks any schedule on any backend and owns every buffer's lifetime.
+
+A backend runs one stage at a time (see ``ckpt.backends.base.Backend``).  The
+executor holds the only references to what the schedule keeps (current
+activation, checkpoints, tapes, δ, gradients), drops them exactly when the
+schedule says, and counts the bytes they occupy — each storage once, however
+many places refer to it.  On the symbolic backend that count *is* the memory
+model; on numpy it is what ``tracemalloc`` sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import singledispatchmethod
+
+from .schedule import Backward, Forward, ForwardTape, Free, Load, Loss, Save, Schedule
+
+
+@dataclass
+class Stats:
+    """What one execution did and the bytes it held (inputs and parameters excluded)."""
+
+    forward_steps: int = 0
+    backward_steps: int = 0
+    peak_bytes: int = 0               # high-water of everything the step allocated
+    peak_activation_bytes: int = 0    # the same, less the gradients of finished stages
+    peak_saved_bytes: int = 0         # high-water of checkpoints + tapes
+    peak_breakdown: dict[str, int] = field(default_factory=dict)  # at peak_bytes, by holder
+
+
+@dataclass
+class Result:
+    """Loss, gradients (one dict per stage, like the parameters), δ_0, output and stats."""
+
+    loss: float | None
+    grads: list[dict] | None
+    dx: object | None
+    output: object | None
+    stats: Stats
+
+
+class _Ledger:
+    """Bytes held through a set of references, each storage counted once."""
+
+    def __init__(self, backend):
+        self.backend, self.refs, self.live = backend, {}, 0
+
+    def hold(self, *values) -> None:
+        for v in values:
+            key = self.backend.storage(v)
+            entry = self.refs.get(key)
+            if entry is None:
+                self.refs[key] = [self.backend.nbytes(v), 1]
+                self.live += self.refs[key][0]
+            else:
+                entry[1] += 1
+
+    def release(self, *values) -> None:
+        for v in values:
+            key = self.backend.storage(v)
+            entry = self.refs[key]
+            entry[1] -= 1
+            if entry[1] == 0:
+                self.live -= entry[0]
+                del self.refs[key]
+
+
+class _Run:
+    """The state of one execution; one handler per action type."""
+
+    def __init__(self, schedule: Schedule, backend, x, y):
+        self.n, self.backend, self.y = schedule.n, backend, y
+        self.all, self.saved, self.grad_bytes = _Ledger(backend), _Ledger(backend), _Ledger(backend)
+        self.current, self.checkpoints, self.tapes = (0, x), {}, {}
+        self.delta, self.grads, self.loss, self.output = None, [None] * schedule.n, None, None
+        self.stats = Stats()
+        self.all.hold(x)
+        self.input_key, self.input_bytes = backend.storage(x), self.all.live   # resident, not counted
+
+    # -- accounting ---------------------------------------------------------
+    def _note_peak(self, in_flight: int) -> None:
+        live = self.all.live - self.input_bytes
+        s = self.stats
+        s.peak_activation_bytes = max(s.peak_activation_bytes, live - self.grad_bytes.live + in_flight)
+        s.peak_saved_bytes = max(s.peak_saved_bytes, self.saved.live)
+        if live + in_flight > s.peak_bytes:
+            s.peak_bytes = live + in_flight
+            s.peak_breakdown = self._breakdown(in_flight)
+
+    def _breakdown(self, in_flight: int) -> dict[str, int]:
+        seen, out = {self.input_key}, {}
+        groups = {"tapes": [v for t in self.tapes.values() for v in t],
+                  "checkpoints": list(self.checkpoints.values()),
+                  "current": [self.current[1]] if self.current else [],
+                  "delta": [self.delta[1]] if self.delta else [],
+                  "gradients": [g for d in self.grads if d for g in d.values()]}
+        for name, values in groups.items():
+            total = 0
+            for v in values:
+                key = self.backend.storage(v)
+                if key not in seen:
+                    seen.add(key)
+                    total += self.backend.nbytes(v)
+            out[name] = total
+        out["in_flight"] = in_flight
+        return out
+
+    def _set_current(self, index, value) -> None:
+        if self.current is not None:
+            self.all.release(self.current[1])
+        self.current = None if value is None else (index, value)
+        if value is not None:
+            self.all.hold(value)
+
+    # -- actions ------------------------------------------------------------
+    @singledispatchmethod
+    def do(self, a) -> None:
+        raise TypeError(f"executor: unexpected action {a!r}")
+
+    @do.register(Forward)
+    @do.register(ForwardTape)
+    def _(self, a) -> None:
+        keep = isinstance(a, ForwardTape)
+        x_prev = self.current[1]
+        self._note_peak(self.backend.temp_bytes(a, x_prev))
+        out, tape = self.backend.forward(a.i, x_prev, keep)
+        del x_prev
+        if keep:
+            self.tapes[a.i] = tape
+            self.all.hold(*tape)
+            self.saved.hold(*tape)
+        self._set_current(a.i, out)
+        self.stats.forward_steps += 1
+
+    @do.register(Save)
+    def _(self, a: Save) -> None:
+        value = self.current[1]
+        self.checkpoints[a.i] = value
+        self.all.hold(value)
+        self.saved.hold(value)
+
+    @do.register(Load)
+    def _(self, a: Load) -> None:
+        self._set_current(a.i, self.checkpoints[a.i])
+
+    @do.register(Free)
+    def _(self, a: Free) -> None:
+        value = self.checkpoints.pop(a.i)
+        self.all.release(value)
+        self.saved.release(value)
+
+    @do.register(Loss)
+    def _(self, a: Loss) -> None:
+        self._note_peak(self.backend.temp_bytes(a, self.current[1], self.y))
+        self.loss, delta = self.backend.loss(self.current[1], self.y)
+        self._set_current(None, None)
+        self.delta = (self.n, delta)
+        self.all.hold(delta)
+
+    @do.register(Backward)
+    def _(self, a: Backward) -> None:
+        old = self.delta[1]
+        self._note_peak(self.backend.temp_bytes(a, old))
+        self.delta = None
+        tape = self.tapes.pop(a.i)
+        delta_prev, grads = self.backend.backward(a.i, tape, old)
+        self.all.release(old, *tape)
+        self.saved.release(*tape)
+        del old, tape
+        self.grads[a.i - 1] = grads
+        self.all.hold(delta_prev, *grads.values())
+        self.grad_bytes.hold(*grads.values())
+        self.delta = (a.i - 1, delta_prev)
+        self.stats.backward_steps += 1
+
+    def run(self, schedule: Schedule) -> Result:
+        for a in schedule.actions:
+            self.do(a)
+            self._note_peak(0)
+        if schedule.is_training:
+            return Result(self.loss, self.grads, self.delta[1], None, self.stats)
+        return Result(None, None, None, self.current[1], self.stats)
+
+
+def execute(schedule: Schedule, backend, x, y=None) -> Result:
+    """Run ``schedule`` on ``backend`` from input x (and targets y when it trains)."""
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"executor: expected a ckpt.Schedule, got {type(schedule).__name__}")
+    schedule.validate()
+    if schedule.is_training and y is None:
+        raise ValueError("executor: a training schedule needs targets y (got y=None)")
+    backend.check_inputs(schedule.n, x, y if schedule.is_training else None)
+    return _Run(schedule, backend, x, y).run(schedule)

@@ -1,0 +1,31 @@
+"""The memory model: a schedule executed on shapes alone predicts peak bytes and step counts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backends.symbolic import SymbolicArray, SymbolicBackend
+from .executor import Stats, execute
+from .strategies import forward_only, make_schedule
+
+
+def symbolic_inputs(model, batch: int) -> tuple[SymbolicArray, SymbolicArray]:
+    """Symbolic x (batch, in_features) and y fitting the model's loss (labels for cross-entropy)."""
+    if not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ValueError(f"memory: batch must be an int ≥ 1, got {batch!r}")
+    x = SymbolicArray((batch, model.stages[0].in_features), model.dtype)
+    out_shape = model.shapes(x.shape)[-1]
+    if model.loss.name == "cross_entropy":
+        return x, SymbolicArray((batch,), np.int64)
+    return x, SymbolicArray(out_shape, model.dtype)
+
+
+def predict_memory(model, strategy="store_all", batch: int = 1, mode: str = "train", **options) -> Stats:
+    """Predicted peak bytes and step counts of one step of ``model`` (train or predict mode)."""
+    if mode not in ("train", "predict"):
+        raise ValueError(f"memory: mode must be 'train' or 'predict', got {mode!r}")
+    x, y = symbolic_inputs(model, batch)
+    if mode == "predict":
+        return execute(forward_only(len(model)), SymbolicBackend(model), x).stats
+    schedule = make_schedule(strategy, len(model), **options)
+    return execute(schedule, SymbolicBackend(model), x, y).stats

@@ -1,0 +1,261 @@
+"""Schedules: what to run and what to keep during one training step, as data.
+
+A network is a chain of n stages f_1..f_n with input x_0 and activations
+x_i = f_i(x_{i-1}); a loss ℓ(x_n, y) closes it.  A schedule is an immutable
+sequence of the actions below over stage indices.  It runs nothing: the one
+executor (``ckpt.executor.execute``) walks it on a backend.
+
+The executor's state while walking a schedule, and the exact meaning of each
+action on it:
+
+* ``current``     – the one activation x_c that the next forward step reads
+                    (initially x_0, the input).
+* ``checkpoints`` – activations kept by ``Save`` until ``Free``.
+* ``tapes``       – per stage, what its backward needs (its *tape*), kept by
+                    ``ForwardTape(i)`` until ``Backward(i)``.
+* ``delta``       – δ_j = ∂J/∂x_j for the one j the backward sweep has reached.
+
+====================  =========================================================
+action                meaning
+====================  =========================================================
+``Forward(i)``        needs current = x_{i-1}; current becomes x_i = f_i(x_{i-1}).
+                      No tape is kept (prediction mode).
+``ForwardTape(i)``    as ``Forward(i)``, and keeps tape i for ``Backward(i)``.
+``Save(i)``           needs current = x_i; keeps x_i as a checkpoint (no copy).
+``Load(i)``           needs checkpoint i; current becomes x_i.
+``Free(i)``           drops checkpoint i.
+``Loss()``            needs current = x_n; computes J = ℓ(x_n, y) (+ penalty)
+                      and delta = δ_n; current is dropped.
+``Backward(i)``       needs delta = δ_i and tape i; computes δ_{i-1} and stage
+                      i's parameter gradients; drops tape i and δ_i.
+====================  =========================================================
+
+A value is freed as soon as nothing above refers to it.  A *training* schedule
+(one with ``Loss``) must backward every stage exactly once, in the order n..1,
+and end with no tape and no checkpoint left.  A *prediction* schedule has only
+``Forward``/``Save``/``Load``/``Free`` and ends with current = x_n.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+
+class ScheduleError(ValueError):
+    """A schedule that breaks the rules of ``ckpt.schedule``."""
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Read as: run stage i on x_{i-1}, keep only its output."""
+
+    i: int
+
+
+@dataclass(frozen=True)
+class ForwardTape:
+    """Read as: run stage i on x_{i-1} and keep what its backward needs."""
+
+    i: int
+
+
+@dataclass(frozen=True)
+class Save:
+    """Read as: keep the current activation x_i as a checkpoint."""
+
+    i: int
+
+
+@dataclass(frozen=True)
+class Load:
+    """Read as: continue the forward from checkpoint x_i."""
+
+    i: int
+
+
+@dataclass(frozen=True)
+class Free:
+    """Read as: drop checkpoint x_i."""
+
+    i: int
+
+
+@dataclass(frozen=True)
+class Loss:
+    """Read as: evaluate the loss on x_n and start the backward with δ_n."""
+
+
+@dataclass(frozen=True)
+class Backward:
+    """Read as: use tape i and δ_i to get δ_{i-1} and stage i's gradients."""
+
+    i: int
+
+
+Action = Forward | ForwardTape | Save | Load | Free | Loss | Backward
+ACTIONS = (Forward, ForwardTape, Save, Load, Free, Loss, Backward)
+
+
+@dataclass
+class _Walk:
+    """The executor's state, by index only: what ``validate`` simulates."""
+
+    n: int
+    current: int | None = 0
+    checkpoints: set[int] | None = None
+    tapes: set[int] | None = None
+    delta: int | None = None
+    loss_done: bool = False
+    peak_stored: int = 0
+
+    def __post_init__(self):
+        self.checkpoints, self.tapes = set(), set()
+
+    def stored(self) -> int:
+        """Live stored values: checkpoints, tapes and the current activation."""
+        current = self.current is not None and self.current not in self.checkpoints
+        return len(self.checkpoints) + len(self.tapes) + int(current)
+
+    def step(self, a: Action) -> str | None:
+        """Apply one action; return why it is invalid, or None."""
+        problem = self._check(a)
+        if problem is None:
+            self._apply(a)
+            self.peak_stored = max(self.peak_stored, self.stored())
+        return problem
+
+    def _check(self, a: Action) -> str | None:
+        n = self.n
+        if not isinstance(a, ACTIONS):
+            return f"{a!r} is not an action; allowed: {', '.join(c.__name__ for c in ACTIONS)}"
+        i = getattr(a, "i", None)
+        if isinstance(a, (Forward, ForwardTape, Backward)) and not (isinstance(i, int) and 1 <= i <= n):
+            return f"stage index must be an int in 1..{n}"
+        if isinstance(a, (Save, Load, Free)) and not (isinstance(i, int) and 0 <= i <= n):
+            return f"activation index must be an int in 0..{n}"
+        if isinstance(a, (Forward, ForwardTape)):
+            if self.current != i - 1:
+                return f"needs x_{i - 1} as the current activation, but {self._current()}"
+            if isinstance(a, ForwardTape) and i in self.tapes:
+                return f"tape {i} is already kept (Backward({i}) has not consumed it)"
+        elif isinstance(a, Save):
+            if self.current != i:
+                return f"needs x_{i} as the current activation, but {self._current()}"
+            if i in self.checkpoints:
+                return f"x_{i} is already a checkpoint"
+        elif isinstance(a, (Load, Free)) and i not in self.checkpoints:
+            return f"x_{i} is not a checkpoint (Save({i}) it first)"
+        elif isinstance(a, Loss):
+            if self.loss_done:
+                return "the loss was already evaluated"
+            if self.current != n:
+                return f"needs x_{n} as the current activation, but {self._current()}"
+        elif isinstance(a, Backward):
+            if self.delta != i:
+                expected = "no δ yet (Loss() first)" if self.delta is None else f"δ_{self.delta}"
+                return f"needs δ_{i}, but the backward sweep holds {expected}"
+            if i not in self.tapes:
+                return f"needs tape {i}, but it is not kept (ForwardTape({i}) first)"
+        return None
+
+    def _current(self) -> str:
+        return "there is none" if self.current is None else f"it is x_{self.current}"
+
+    def _apply(self, a: Action) -> None:
+        if isinstance(a, (Forward, ForwardTape)):
+            self.current = a.i
+            if isinstance(a, ForwardTape):
+                self.tapes.add(a.i)
+        elif isinstance(a, Save):
+            self.checkpoints.add(a.i)
+        elif isinstance(a, Load):
+            self.current = a.i
+        elif isinstance(a, Free):
+            self.checkpoints.discard(a.i)
+        elif isinstance(a, Loss):
+            self.loss_done, self.current, self.delta = True, None, self.n
+        elif isinstance(a, Backward):
+            self.tapes.discard(a.i)
+            self.delta = a.i - 1
+
+    def finish(self) -> str | None:
+        """Why the state after the last action is not a valid end, or None."""
+        if not self.loss_done:
+            if self.tapes:
+                return f"a prediction schedule keeps no tapes, but tapes {sorted(self.tapes)} are kept"
+            if self.current != self.n:
+                return f"a prediction schedule must end at x_{self.n}, but {self._current()}"
+            return None
+        if self.delta != 0:
+            return f"the backward sweep stopped at δ_{self.delta}; Backward({self.delta}) .. Backward(1) are missing"
+        if self.tapes:
+            return f"tapes {sorted(self.tapes)} are never used by a Backward"
+        if self.checkpoints:
+            return f"checkpoints {sorted(self.checkpoints)} are never freed (add Free(i))"
+        return None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """An immutable sequence of actions over a chain of ``n`` stages."""
+
+    n: int
+    actions: tuple[Action, ...]
+
+    def __init__(self, n: int, actions: Iterable[Action]):
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "actions", tuple(actions))
+
+    def __iter__(self) -> Iterator[Action]:
+        return iter(self.actions)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def validate(self) -> "Schedule":
+        """Check every rule of the module docstring; raise naming the first bad action."""
+        if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
+            raise ScheduleError(f"schedule: a chain needs at least one stage, got n={self.n!r}")
+        walk = _Walk(self.n)
+        for k, a in enumerate(self.actions):
+            problem = walk.step(a)
+            if problem:
+                raise ScheduleError(f"schedule: action #{k} {a!r}: {problem}")
+        problem = walk.finish()
+        if problem:
+            raise ScheduleError(f"schedule: after the last action: {problem}")
+        return self
+
+    def count(self, *kinds: type) -> int:
+        """How many actions are of the given types."""
+        return sum(isinstance(a, kinds) for a in self.actions)
+
+    @property
+    def forward_steps(self) -> int:
+        """Stage evaluations, taped or not."""
+        return self.count(Forward, ForwardTape)
+
+    @property
+    def backward_steps(self) -> int:
+        """Stage backward evaluations."""
+        return self.count(Backward)
+
+    @property
+    def is_training(self) -> bool:
+        """True when the schedule evaluates the loss (and so backwards)."""
+        return any(isinstance(a, Loss) for a in self.actions)
+
+    @property
+    def peak_stored(self) -> int:
+        """Most values held at once: checkpoints + tapes + the current activation."""
+        walk = _Walk(self.n)
+        for a in self.actions:
+            if walk.step(a):
+                raise ScheduleError("schedule: peak_stored needs a valid schedule; call validate()")
+        return walk.peak_stored
+
+    def __str__(self) -> str:
+        head = (f"Schedule(n={self.n}: {len(self)} actions, {self.forward_steps} forward, "
+                f"{self.backward_steps} backward)")
+        return "\n".join([head] + [f"  {k:4d}  {a!r}" for k, a in enumerate(self.actions)])

@@ -1,0 +1,128 @@
+"""Activation strategies: plain functions ``(n, **options) -> Schedule``, registered by name.
+
+Exact forward-step counts (each a test against the schedule itself):
+
+* ``store_all(n)``:  n.
+* ``recompute(n)``:  n + n(n−1)/2  (the first sweep tapes stage n; stage i < n is
+  re-taped after re-running stages 1..i−1 from x_0).
+* ``sqrt_n(n, segments=k)``: 2n − L_k, where L_k is the length of the last
+  segment (the first sweep tapes the last segment; every other segment is run
+  once more, with tape, during the backward sweep).
+
+``forward_only(n)`` is the prediction schedule (n steps, no tapes).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from .schedule import Backward, Forward, ForwardTape, Free, Load, Loss, Save, Schedule
+
+Strategy = Callable[..., Schedule]
+_REGISTRY: dict[str, Strategy] = {}
+
+
+def register_strategy(name: str, fn: Strategy | None = None):
+    """Register ``fn`` under ``name``; without ``fn``, return a decorator that does."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"strategies: a strategy name must be a non-empty str, got {name!r}")
+
+    def add(f: Strategy) -> Strategy:
+        if not callable(f):
+            raise TypeError(f"strategies: strategy {name!r} must be callable (n, **options) -> Schedule")
+        _REGISTRY[name] = f
+        return f
+
+    return add if fn is None else add(fn)
+
+
+def strategies() -> list[str]:
+    """Names of every registered strategy, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_strategy(name: str) -> Strategy:
+    """The strategy registered as ``name``; the error lists the known ones."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"strategies: unknown strategy {name!r}; known: {', '.join(strategies())} "
+                         f"(register your own with ckpt.register_strategy)") from None
+
+
+def make_schedule(strategy: str | Strategy, n: int, **options) -> Schedule:
+    """Build and validate the schedule of ``strategy`` (a name or a function) for n stages."""
+    _check_depth(n)
+    fn = strategy if callable(strategy) else get_strategy(strategy)
+    schedule = fn(n, **options)
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"strategies: {strategy!r} returned {type(schedule).__name__}, expected a Schedule")
+    if schedule.n != n:
+        raise ValueError(f"strategies: {strategy!r} built a schedule for n={schedule.n}, asked for n={n}")
+    return schedule.validate()
+
+
+def _check_depth(n) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"strategies: depth must be an int ≥ 1 (the number of stages), got {n!r}")
+
+
+def _taped_backward(first: int, last: int) -> list:
+    """Tape stages first..last, then backward them last..first (x_{first-1} is current)."""
+    return ([ForwardTape(i) for i in range(first, last + 1)]
+            + [Backward(i) for i in range(last, first - 1, -1)])
+
+
+@register_strategy("store_all")
+def store_all(n: int) -> Schedule:
+    """Keep every stage's tape: n forward steps, n tapes stored at the peak."""
+    _check_depth(n)
+    return Schedule(n, [*(ForwardTape(i) for i in range(1, n + 1)), Loss(),
+                        *(Backward(i) for i in range(n, 0, -1))])
+
+
+@register_strategy("recompute")
+def recompute(n: int) -> Schedule:
+    """Keep only x_0; before each Backward(i), re-run stages 1..i from x_0."""
+    _check_depth(n)
+    actions = [Save(0), *(Forward(i) for i in range(1, n)), ForwardTape(n), Loss(), Backward(n)]
+    for i in range(n - 1, 0, -1):
+        actions += [Load(0), *(Forward(j) for j in range(1, i)), ForwardTape(i), Backward(i)]
+    return Schedule(n, actions + [Free(0)])
+
+
+def segment_bounds(n: int, segments: int) -> list[tuple[int, int]]:
+    """Split stages 1..n into ``segments`` runs (first, last); later runs are the longer ones."""
+    _check_depth(n)
+    if not isinstance(segments, int) or isinstance(segments, bool) or segments < 1:
+        raise ValueError(f"strategies: segments must be an int ≥ 1, got {segments!r}")
+    k = min(segments, n)
+    short, extra = divmod(n, k)
+    bounds, first = [], 1
+    for s in range(k):
+        length = short + (s >= k - extra)
+        bounds.append((first, first + length - 1))
+        first += length
+    return bounds
+
+
+@register_strategy("sqrt_n")
+def sqrt_n(n: int, segments: int | None = None) -> Schedule:
+    """Chen et al. 2016: ⌈√n⌉ segments; keep their inputs, re-tape one segment at a time."""
+    bounds = segment_bounds(n, math.ceil(math.sqrt(n)) if segments is None else segments)
+    *early, (last_first, last_last) = bounds
+    actions = []
+    for first, last in early:
+        actions += [Save(first - 1), *(Forward(i) for i in range(first, last + 1))]
+    actions += [*(ForwardTape(i) for i in range(last_first, last_last + 1)), Loss(),
+                *(Backward(i) for i in range(last_last, last_first - 1, -1))]
+    for first, last in reversed(early):
+        actions += [Load(first - 1), *_taped_backward(first, last), Free(first - 1)]
+    return Schedule(n, actions)
+
+
+def forward_only(n: int) -> Schedule:
+    """Forward only, nothing kept: what inference costs."""
+    _check_depth(n)
+    return Schedule(n, [Forward(i) for i in range(1, n + 1)])
