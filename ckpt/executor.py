@@ -74,8 +74,8 @@ class _Run:
         self.current, self.checkpoints, self.tapes = (0, x), {}, {}
         self.delta, self.grads, self.loss, self.output = None, [None] * schedule.n, None, None
         self.stats = Stats()
-        self.all.hold(x)
-        self.input_key, self.input_bytes = backend.storage(x), self.all.live   # resident, not counted
+        self.all.hold(x, x)       # one hold as `current`, one for the caller, who keeps x resident
+        self.input_key, self.input_bytes = backend.storage(x), self.all.live   # not the step's bytes
 
     # -- accounting ---------------------------------------------------------
     def _note_peak(self, in_flight: int) -> None:
@@ -173,10 +173,18 @@ class _Run:
         self.delta = (a.i - 1, delta_prev)
         self.stats.backward_steps += 1
 
-    def run(self, schedule: Schedule) -> Result:
-        for a in schedule.actions:
+    def steps(self, actions) -> None:
+        """Run ``actions`` (a part of the schedule, in order) on the current state."""
+        for a in actions:
             self.do(a)
             self._note_peak(0)
+
+    def run(self, schedule: Schedule) -> Result:
+        self.steps(schedule.actions)
+        return self.result(schedule)
+
+    def result(self, schedule: Schedule) -> Result:
+        """The result after the last action of ``schedule`` has run."""
         if schedule.is_training:
             return Result(self.loss, self.grads, self.delta[1], None, self.stats)
         return Result(None, None, None, self.current[1], self.stats)
@@ -184,10 +192,19 @@ class _Run:
 
 def execute(schedule: Schedule, backend, x, y=None) -> Result:
     """Run ``schedule`` on ``backend`` from input x (and targets y when it trains)."""
+    return start(schedule, backend, x, y).run(schedule)
+
+
+def start(schedule: Schedule, backend, x, y=None) -> _Run:
+    """Check and set up a run that the caller steps through in parts (``run.steps(actions)``).
+
+    For callers that cannot run a schedule in one go: the torch wrappers run the
+    actions before ``Loss()`` in autograd's forward and the rest in its backward.
+    """
     if not isinstance(schedule, Schedule):
         raise TypeError(f"executor: expected a ckpt.Schedule, got {type(schedule).__name__}")
     schedule.validate()
     if schedule.is_training and y is None:
         raise ValueError("executor: a training schedule needs targets y (got y=None)")
     backend.check_inputs(schedule.n, x, y if schedule.is_training else None)
-    return _Run(schedule, backend, x, y).run(schedule)
+    return _Run(schedule, backend, x, y)

@@ -19,6 +19,10 @@ class NumpyBackend(ChainBackend):
             raise ValueError("numpy backend: x contains NaN or inf; clean the inputs first")
         if y is not None and y.dtype.kind == "f" and not np.isfinite(y).all():
             raise ValueError("numpy backend: y contains NaN or inf; clean the targets first")
+        if y is not None:
+            problem = self.chain.loss.check_values(y, self.chain.shapes(x.shape)[-1])
+            if problem:
+                raise ValueError(f"numpy backend: {problem}")
 
     def forward(self, i, x, keep_tape):
         return self.stage(i).forward(x, keep_tape)
