@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from .backends import NumpyBackend, SymbolicArray, SymbolicBackend
 from .chain import MLP, Chain
-from .executor import Result, Stats, execute
+from .executor import Residual, Result, Stats, execute
 from .layers import Dense
-from .memory import predict_memory
+from .memory import peak_residuals, predict_memory, print_peak_residuals
 from .schedule import (Backward, Forward, ForwardTape, Free, Load, Loss, Save, Schedule,
                        ScheduleError)
 from .strategies import (forward_only, get_strategy, make_schedule, recompute, register_strategy,
@@ -33,5 +33,21 @@ __all__ = [
     "Forward", "ForwardTape", "Save", "Load", "Free", "Loss", "Backward",
     "store_all", "recompute", "sqrt_n", "forward_only", "register_strategy", "get_strategy",
     "strategies", "make_schedule", "execute", "gradients", "forward", "predict_memory",
+    "peak_residuals", "print_peak_residuals", "Residual",
     "NumpyBackend", "SymbolicBackend", "SymbolicArray",
 ]
+
+
+# torch wrappers, imported on first use so that numpy-only use never imports torch
+_TORCH_NAMES = {
+    "CheckpointedSequential": "torch_api", "checkpoint_sequential": "torch_api",
+    "every_segment": "torch_api", "saved_residuals": "inspect_torch",
+    "print_saved_residuals": "inspect_torch", "saved_bytes": "inspect_torch",
+}
+
+
+def __getattr__(name):
+    if name in _TORCH_NAMES:
+        import importlib
+        return getattr(importlib.import_module(f".{_TORCH_NAMES[name]}", __name__), name)
+    raise AttributeError(f"module 'ckpt' has no attribute {name!r}")

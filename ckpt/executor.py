@@ -26,6 +26,15 @@ class Stats:
     peak_activation_bytes: int = 0    # the same, less the gradients of finished stages
     peak_saved_bytes: int = 0         # high-water of checkpoints + tapes
     peak_breakdown: dict[str, int] = field(default_factory=dict)  # at peak_bytes, by holder
+    peak_action: int = 0              # index of the action during (in_flight > 0) or after which it peaked
+
+
+@dataclass(frozen=True)
+class Residual:
+    """One value held at the peak: what it is (e.g. "tape 4: x_3") and its bytes."""
+
+    what: str
+    nbytes: int
 
 
 @dataclass
@@ -68,8 +77,9 @@ class _Ledger:
 class _Run:
     """The state of one execution; one handler per action type."""
 
-    def __init__(self, schedule: Schedule, backend, x, y):
-        self.n, self.backend, self.y = schedule.n, backend, y
+    def __init__(self, schedule: Schedule, backend, x, y, explain: bool = False):
+        self.n, self.backend, self.y, self.k = schedule.n, backend, y, 0
+        self.tape_labels = {} if explain else None
         self.all, self.saved, self.grad_bytes = _Ledger(backend), _Ledger(backend), _Ledger(backend)
         self.current, self.checkpoints, self.tapes = (0, x), {}, {}
         self.delta, self.grads, self.loss, self.output = None, [None] * schedule.n, None, None
@@ -84,26 +94,46 @@ class _Run:
         s.peak_activation_bytes = max(s.peak_activation_bytes, live - self.grad_bytes.live + in_flight)
         s.peak_saved_bytes = max(s.peak_saved_bytes, self.saved.live)
         if live + in_flight > s.peak_bytes:
-            s.peak_bytes = live + in_flight
+            s.peak_bytes, s.peak_action = live + in_flight, self.k
             s.peak_breakdown = self._breakdown(in_flight)
 
+    def _holders(self):
+        """(group, label, value) for every reference held, most telling holder first."""
+        labels = self.tape_labels or {}
+        for i, tape in sorted(self.tapes.items()):
+            for k, v in enumerate(tape):
+                yield "tapes", f"tape {i}: {labels.get((i, k), f'item {k}')}", v
+        for i, v in sorted(self.checkpoints.items()):
+            yield "checkpoints", f"checkpoint x_{i}", v
+        if self.current:
+            yield "current", f"current x_{self.current[0]}", self.current[1]
+        if self.delta:
+            yield "delta", f"δ_{self.delta[0]}", self.delta[1]
+        for i, grads in enumerate(self.grads, start=1):
+            for name, g in (grads or {}).items():
+                yield "gradients", f"gradient {name}_{i}", g
+
+    def _unique_holders(self):
+        """``_holders`` with each storage once (the input, resident, left out)."""
+        seen = {self.input_key}
+        for group, label, v in self._holders():
+            key = self.backend.storage(v)
+            if key not in seen:
+                seen.add(key)
+                yield group, label, self.backend.nbytes(v)
+
     def _breakdown(self, in_flight: int) -> dict[str, int]:
-        seen, out = {self.input_key}, {}
-        groups = {"tapes": [v for t in self.tapes.values() for v in t],
-                  "checkpoints": list(self.checkpoints.values()),
-                  "current": [self.current[1]] if self.current else [],
-                  "delta": [self.delta[1]] if self.delta else [],
-                  "gradients": [g for d in self.grads if d for g in d.values()]}
-        for name, values in groups.items():
-            total = 0
-            for v in values:
-                key = self.backend.storage(v)
-                if key not in seen:
-                    seen.add(key)
-                    total += self.backend.nbytes(v)
-            out[name] = total
+        out = dict.fromkeys(("tapes", "checkpoints", "current", "delta", "gradients"), 0)
+        for group, _, nbytes in self._unique_holders():
+            out[group] += nbytes
         out["in_flight"] = in_flight
         return out
+
+    def residuals(self, in_flight: int = 0, action=None) -> list[Residual]:
+        """Every value held now, each storage once, plus what ``action`` has in flight."""
+        held = [Residual(label, nbytes) for _, label, nbytes in self._unique_holders()]
+        return held + ([Residual(f"in flight: {action!r} outputs and temporaries", in_flight)]
+                       if in_flight else [])
 
     def _set_current(self, index, value) -> None:
         if self.current is not None:
@@ -124,11 +154,15 @@ class _Run:
         x_prev = self.current[1]
         self._note_peak(self.backend.temp_bytes(a, x_prev))
         out, tape = self.backend.forward(a.i, x_prev, keep)
-        del x_prev
+        if keep and self.tape_labels is not None:
+            names = {self.backend.storage(x_prev): f"x_{a.i - 1}", self.backend.storage(out): f"x_{a.i}"}
+            for k, v in enumerate(tape):
+                self.tape_labels[a.i, k] = names.get(self.backend.storage(v), f"item {k}")
         if keep:
             self.tapes[a.i] = tape
             self.all.hold(*tape)
             self.saved.hold(*tape)
+        del x_prev
         self._set_current(a.i, out)
         self.stats.forward_steps += 1
 
@@ -159,6 +193,7 @@ class _Run:
 
     @do.register(Backward)
     def _(self, a: Backward) -> None:
+        self._set_current(None, None)
         old = self.delta[1]
         self._note_peak(self.backend.temp_bytes(a, old))
         self.delta = None
@@ -177,6 +212,7 @@ class _Run:
         """Run ``actions`` (a part of the schedule, in order) on the current state."""
         for a in actions:
             self.do(a)
+            self.k += 1
             self._note_peak(0)
 
     def run(self, schedule: Schedule) -> Result:
@@ -195,7 +231,7 @@ def execute(schedule: Schedule, backend, x, y=None) -> Result:
     return start(schedule, backend, x, y).run(schedule)
 
 
-def start(schedule: Schedule, backend, x, y=None) -> _Run:
+def start(schedule: Schedule, backend, x, y=None, explain: bool = False) -> _Run:
     """Check and set up a run that the caller steps through in parts (``run.steps(actions)``).
 
     For callers that cannot run a schedule in one go: the torch wrappers run the
@@ -207,4 +243,4 @@ def start(schedule: Schedule, backend, x, y=None) -> _Run:
     if schedule.is_training and y is None:
         raise ValueError("executor: a training schedule needs targets y (got y=None)")
     backend.check_inputs(schedule.n, x, y if schedule.is_training else None)
-    return _Run(schedule, backend, x, y)
+    return _Run(schedule, backend, x, y, explain)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backends.symbolic import SymbolicArray, SymbolicBackend
-from .executor import Stats, execute
+from .executor import Residual, Stats, execute, start
 from .strategies import forward_only, make_schedule
 
 
@@ -29,3 +29,24 @@ def predict_memory(model, strategy="store_all", batch: int = 1, mode: str = "tra
         return execute(forward_only(len(model)), SymbolicBackend(model), x).stats
     schedule = make_schedule(strategy, len(model), **options)
     return execute(schedule, SymbolicBackend(model), x, y).stats
+
+
+def peak_residuals(model, strategy="store_all", batch: int = 1, **options) -> list[Residual]:
+    """Every value held at the predicted peak of a training step, with its bytes and why it is there."""
+    x, y = symbolic_inputs(model, batch)
+    schedule = make_schedule(strategy, len(model), **options)
+    peak = execute(schedule, SymbolicBackend(model), x, y).stats
+    during = peak.peak_breakdown["in_flight"] > 0
+    run = start(schedule, SymbolicBackend(model), x, y, explain=True)
+    run.steps(schedule.actions[:peak.peak_action + (0 if during else 1)])
+    action = schedule.actions[peak.peak_action]
+    return run.residuals(peak.peak_breakdown["in_flight"], action)
+
+
+def print_peak_residuals(model, strategy="store_all", batch: int = 1, **options) -> None:
+    """Print ``peak_residuals`` as a table, largest groups first, with the total."""
+    rows = peak_residuals(model, strategy, batch, **options)
+    width = max(len(r.what) for r in rows)
+    for r in rows:
+        print(f"{r.what:<{width}}  {r.nbytes:>14,d} B")
+    print(f"{'total (the predicted peak)':<{width}}  {sum(r.nbytes for r in rows):>14,d} B")

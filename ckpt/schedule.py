@@ -27,7 +27,8 @@ action                meaning
 ``Loss()``            needs current = x_n; computes J = ℓ(x_n, y) (+ penalty)
                       and delta = δ_n; current is dropped.
 ``Backward(i)``       needs delta = δ_i and tape i; computes δ_{i-1} and stage
-                      i's parameter gradients; drops tape i and δ_i.
+                      i's parameter gradients; drops tape i, δ_i and the current
+                      activation (a forward resumes from a checkpoint: ``Load``).
 ====================  =========================================================
 
 A value is freed as soon as nothing above refers to it.  A *training* schedule
@@ -177,7 +178,7 @@ class _Walk:
             self.loss_done, self.current, self.delta = True, None, self.n
         elif isinstance(a, Backward):
             self.tapes.discard(a.i)
-            self.delta = a.i - 1
+            self.delta, self.current = a.i - 1, None
 
     def finish(self) -> str | None:
         """Why the state after the last action is not a valid end, or None."""

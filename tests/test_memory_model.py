@@ -112,3 +112,18 @@ def test_breakdown_adds_up_to_the_peak():
     stats = ckpt.gradients(model, x, y, "sqrt_n").stats
     assert sum(stats.peak_breakdown.values()) == stats.peak_bytes
     assert stats.peak_saved_bytes > 0 and stats.peak_activation_bytes <= stats.peak_bytes
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_peak_residuals_list_every_byte_of_the_peak(strategy):
+    model = ckpt.MLP([16] * 10, activation="tanh")
+    rows = ckpt.peak_residuals(model, strategy, batch=8)
+    assert sum(r.nbytes for r in rows) == ckpt.predict_memory(model, strategy, batch=8).peak_bytes
+    assert len({r.what for r in rows}) == len(rows)
+    assert rows[-1].what.startswith("in flight: Backward(i=1)")
+
+
+def test_peak_residuals_name_tapes_by_activation():
+    model = ckpt.MLP([16] * 4, activation="tanh", loss="mse")
+    whats = [r.what for r in ckpt.peak_residuals(model, "store_all", batch=32)]
+    assert whats[:4] == ["tape 1: x_1", "tape 2: x_2", "δ_2", "gradient W_3"]   # x_0 is the input

@@ -87,3 +87,8 @@ def test_forward_only_is_a_prediction_schedule():
 def test_counts_by_type():
     s = store_all(5)
     assert s.count(ForwardTape) == 5 and s.count(Loss) == 1 and s.count(Forward, Backward) == 5
+
+
+def test_backward_drops_the_current_activation():
+    bad(2, [Save(0), Forward(1), ForwardTape(2), Loss(), Backward(2), ForwardTape(1)],
+        r"action #5 ForwardTape\(i=1\): needs x_0 as the current activation, but there is none")
