@@ -1,0 +1,274 @@
+"""The torch backend: stages are ``nn.Module``s (or callables); a tape is a stage's autograd graph.
+
+``forward(i, x, keep_tape=True)`` runs stage i under ``torch.enable_grad`` on a
+detached copy of x that requires grad, so the graph it records belongs to that
+stage alone; ``backward(i, tape, δ)`` differentiates that graph with
+``torch.autograd.grad`` and returns δ_{i-1} and the stage's parameter gradients
+(returned, not accumulated: the wrapper hands them to autograd, so
+``torch.autograd.grad`` works through a checkpointed model).
+
+A tape is ``(graph, *held)``: ``graph`` keeps the stage's input and output
+edges (not the tensors), ``held`` is one ``Held`` record per storage the stage
+keeps alive for its backward (what ``saved_tensors_hooks`` sees), parameters
+and buffers left out.  The stage's input enters the graph through ``entry``,
+not as a leaf, so it is kept only if an op saves it — as in plain torch.  The executor's ledger counts them, each storage once, so
+``Stats`` reports the bytes torch really keeps.
+
+Re-running a stage (a recomputation) restores the RNG state of its first run
+(CPU and CUDA), so dropout draws the same masks, and leaves norm layers'
+running statistics alone, so they are updated once per step.
+
+Activations are tensors or tuples of them (other tuple items pass through with
+no gradient).  ``Loss()`` on this backend means "hand x_n to the caller and take
+δ_n back": ``y`` is an ``Upstream`` whose ``grad`` the wrapper fills in.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch.autograd.graph import get_gradient_edge, saved_tensors_hooks
+from torch.nn.modules.batchnorm import _NormBase
+
+
+@dataclass(eq=False)
+class Held:
+    """A storage a tape keeps alive: its identity and its bytes."""
+
+    key: tuple
+    nbytes: int
+
+
+@dataclass(eq=False)
+class Upstream:
+    """δ_n from outside the chain (autograd's grad_output), read by ``loss``."""
+
+    grad: object = None
+
+
+@dataclass(frozen=True)
+class _PassThrough:
+    """An output item that is input item j itself: its δ goes straight to δ_{i-1}[j]."""
+
+    j: int
+
+
+@dataclass(eq=False)
+class _Graph:
+    """One stage's recorded graph: its input leaves and its output edges."""
+
+    container: type | None       # the input's ``kind``
+    inputs: list                 # per input item: its GradientEdge, or None
+    edges: list                  # per output item: GradientEdge, _PassThrough or None
+    params: list                 # (global index, parameter) pairs of this stage
+
+
+def storage_key(t: torch.Tensor) -> tuple:
+    """Identity of a tensor's storage (views share their base's)."""
+    return (t.device.type, t.device.index, t.untyped_storage().data_ptr())
+
+
+def items(v) -> list:
+    """The items of an activation: [v] for a tensor, the elements of a tuple or list."""
+    return list(v) if isinstance(v, (tuple, list)) else [v]
+
+
+def kind(v):
+    """The container type of an activation (tuple, list, a namedtuple), or None for a tensor."""
+    return type(v) if isinstance(v, (tuple, list)) else None
+
+
+def rebuild(container, values: list):
+    """``values`` in a ``container`` from ``kind`` (None: the single value)."""
+    if container is None:
+        return values[0]
+    return container(*values) if hasattr(container, "_fields") else container(values)
+
+
+def _floating(t) -> bool:
+    return isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())
+
+
+class RngState:
+    """The CPU RNG state and that of the given CUDA devices, captured now."""
+
+    def __init__(self, cuda_devices: tuple = ()):
+        self.devices = cuda_devices
+        self.cpu = torch.get_rng_state()
+        self.cuda = [torch.cuda.get_rng_state(d) for d in cuda_devices]
+
+    def restore(self) -> None:
+        """Make the generators draw again what they drew after the capture."""
+        torch.set_rng_state(self.cpu)
+        for d, state in zip(self.devices, self.cuda):
+            torch.cuda.set_rng_state(state, d)
+
+
+@contextmanager
+def frozen_running_stats(norms: list):
+    """Norm layers in training mode use batch statistics but leave running ones untouched."""
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
+
+def tracking_norms(module) -> list:
+    """The norm layers in ``module`` that would update running statistics in this call."""
+    if not isinstance(module, torch.nn.Module):
+        return []
+    return [m for m in module.modules()
+            if isinstance(m, _NormBase) and m.training and m.track_running_stats]
+
+
+@dataclass(eq=False)
+class TorchBackend:
+    """Runs stage i of ``stages`` forward and backward for the executor."""
+
+    stages: list
+    params: list                      # per stage: [(global index, parameter)] requiring grad
+    input_needs_grad: list            # per stage: does δ_{i-1} matter
+    resident: frozenset = frozenset()  # storage keys of parameters and buffers (not counted)
+    recomputed: frozenset = frozenset()  # stages the schedule runs more than once
+    preserve_rng: bool = True
+    cuda_devices: tuple = ()
+    runs: dict = field(default_factory=dict)
+    rng: dict = field(default_factory=dict)
+
+    def check_inputs(self, n, x, y) -> None:
+        if n != len(self.stages):
+            raise ValueError(f"torch backend: the schedule is for {n} stages but the model has "
+                             f"{len(self.stages)}; build the schedule with n={len(self.stages)}")
+
+    # -- forward --------------------------------------------------------------
+    def forward(self, i, x, keep_tape):
+        stage, again = self.stages[i - 1], self.runs.get(i, 0) > 0
+        self.runs[i] = self.runs.get(i, 0) + 1
+        with ExitStack() as stack:
+            if again:
+                if i in self.rng:
+                    self.rng[i].restore()
+                stack.enter_context(frozen_running_stats(tracking_norms(stage)))
+            elif self.preserve_rng and i in self.recomputed:
+                self.rng[i] = RngState(self.cuda_devices)
+            if not keep_tape:
+                with torch.no_grad():
+                    return stage(x), None
+            return self._taped(i, stage, x)
+
+    def _taped(self, i, stage, x):
+        need = self.input_needs_grad[i - 1]
+        held = {}
+
+        def pack(t):
+            key = storage_key(t)
+            if key not in held and key not in self.resident:
+                held[key] = Held(key, t.untyped_storage().nbytes())
+            return t
+
+        with torch.enable_grad():
+            inputs = [entry(t) if need and _floating(t) else t.detach() if isinstance(t, torch.Tensor) else t
+                      for t in items(x)]
+            with saved_tensors_hooks(pack, _unpack):
+                out = stage(rebuild(kind(x), inputs))
+        graph = _Graph(kind(x), [get_gradient_edge(t) if isinstance(t, torch.Tensor) and t.requires_grad
+                                 else None for t in inputs],
+                       [self._edge(o, inputs) for o in items(out)], self.params[i - 1])
+        plain = rebuild(kind(out), [o.detach() if isinstance(o, torch.Tensor) else o for o in items(out)])
+        return plain, (graph, *held.values())
+
+    @staticmethod
+    def _edge(o, inputs):
+        if not isinstance(o, torch.Tensor) or not o.requires_grad:
+            return None
+        for j, t in enumerate(inputs):
+            if t is o:
+                return _PassThrough(j)           # the stage returns its input j as is
+        return get_gradient_edge(o) if o.grad_fn is not None else None
+
+    # -- loss and backward ----------------------------------------------------
+    def loss(self, x, y):
+        return None, y.grad
+
+    def backward(self, i, tape, delta):
+        graph = tape[0]
+        outs, grads_out, passed = [], [], {}
+        for edge, d in zip(graph.edges, items(delta)):
+            if edge is None or d is None:
+                continue
+            if isinstance(edge, _PassThrough):
+                passed[edge.j] = d
+            else:
+                outs.append(edge)
+                grads_out.append(d)
+        wrt = [t for t in graph.inputs if t is not None] + [p for _, p in graph.params]
+        got = [None] * len(wrt)
+        if outs and wrt:
+            got = list(torch.autograd.grad(outs, wrt, grads_out, allow_unused=True))
+        k = 0
+        dx = []
+        for j, t in enumerate(graph.inputs):
+            g = None
+            if t is not None:
+                g, k = got[k], k + 1
+            if j in passed:
+                g = passed[j] if g is None else g + passed[j]
+            dx.append(g)
+        grads = {idx: g for (idx, _), g in zip(graph.params, got[k:]) if g is not None}
+        return rebuild(graph.container, dx), grads
+
+    # -- byte ledger ----------------------------------------------------------
+    def storage(self, value):
+        if isinstance(value, Held):
+            return value.key
+        if isinstance(value, torch.Tensor):
+            return storage_key(value)
+        if isinstance(value, (tuple, list)):
+            return tuple(self.storage(v) for v in value)
+        return ("object", id(value))
+
+    def nbytes(self, value):
+        if isinstance(value, Held):
+            return value.nbytes
+        if isinstance(value, torch.Tensor):
+            return value.untyped_storage().nbytes()
+        if isinstance(value, (tuple, list)):
+            return sum(self.nbytes(v) for v in value)
+        return 0
+
+    def temp_bytes(self, action, operand, y=None) -> int:
+        return 0
+
+
+def _unpack(t):
+    return t
+
+
+class _Entry(torch.autograd.Function):
+    """x as the start of a stage's graph, without making x a leaf that the graph keeps alive."""
+
+    @staticmethod
+    def forward(ctx, anchor, x):
+        return x.detach()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, None
+
+
+_ANCHOR = torch.empty(0, requires_grad=True)
+
+
+def entry(x: torch.Tensor) -> torch.Tensor:
+    """x (same storage) requiring grad, its gradient readable at ``get_gradient_edge``.
+
+    A detached leaf would do, but autograd keeps a leaf alive for as long as the
+    graph that uses it, even when no op saves it; plain torch would have freed
+    it.  Here only what the stage's ops save is kept.
+    """
+    return _Entry.apply(_ANCHOR, x)

@@ -1,0 +1,272 @@
+"""Checkpointing for real torch models: any strategy's schedule, as a drop-in module or function.
+
+    model = ckpt.CheckpointedSequential(nn.Sequential(*blocks), strategy="sqrt_n")
+    loss = loss_fn(model(x), y); loss.backward()          # gradients as without checkpointing
+
+    y = ckpt.checkpoint_sequential(blocks, segments=4, input=x)   # torch's call shape
+
+The whole chain runs inside one ``torch.autograd.Function``: its forward runs
+the schedule's actions before ``Loss()`` and returns x_n (the user's loss is
+outside the chain); its backward receives δ_n as grad_output and runs the rest.
+Parameters are inputs of that Function and their gradients are returned, so
+``loss.backward()`` accumulates ``.grad`` as usual and ``torch.autograd.grad``
+works.  Without grad (``torch.no_grad()``, or nothing requires grad) the stages
+simply run in order and keep no tapes.
+
+Differences from ``torch.utils.checkpoint.checkpoint_sequential``: every
+segment is checkpointed (torch stores the last one), ``segments`` larger than
+the number of stages means one stage per segment, recomputation replays the RNG
+(dropout masks match) and does not update BatchNorm running statistics again
+(pytorch#96136), and the model may take and pass tuples of tensors.
+Double backward (``create_graph=True``) is not supported.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import ExitStack
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from .backends.torch_backend import (RngState, TorchBackend, Upstream, items, kind, rebuild,
+                                     storage_key)
+from .executor import Stats, start
+from .schedule import Backward, Forward, ForwardTape, Free, Load, Loss, Save, Schedule
+from .strategies import make_schedule, segment_bounds
+
+
+def every_segment(n: int, segments: int) -> Schedule:
+    """Checkpoint every segment's input, the last one's too; re-tape one segment at a time."""
+    bounds = segment_bounds(n, segments)
+    actions = []
+    for first, last in bounds:
+        actions += [Save(first - 1), *(Forward(i) for i in range(first, last + 1))]
+    actions.append(Loss())
+    for first, last in reversed(bounds):
+        actions += [Load(first - 1), *(ForwardTape(i) for i in range(first, last + 1)),
+                    *(Backward(i) for i in range(last, first - 1, -1)), Free(first - 1)]
+    return Schedule(n, actions)
+
+
+class _Stage(nn.Module):
+    """A plain callable as a stage of a ``CheckpointedSequential``."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return getattr(self.fn, "__name__", repr(self.fn))
+
+
+def _as_modules(modules) -> OrderedDict:
+    if isinstance(modules, nn.Sequential):
+        return OrderedDict(modules.named_children())
+    if isinstance(modules, OrderedDict):
+        pairs = modules.items()
+    elif isinstance(modules, (list, tuple, nn.ModuleList)):
+        pairs = ((str(k), m) for k, m in enumerate(modules))
+    else:
+        raise TypeError(f"ckpt.torch: expected an nn.Sequential, a list of modules/callables or an "
+                        f"OrderedDict of them, got {type(modules).__name__}; wrap a single module "
+                        f"as [module]")
+    out = OrderedDict()
+    for name, m in pairs:
+        if not callable(m):
+            raise TypeError(f"ckpt.torch: stage {name!r} is a {type(m).__name__}, not a module or "
+                            f"callable")
+        out[name] = m if isinstance(m, nn.Module) else _Stage(m)
+    if not out:
+        raise ValueError("ckpt.torch: a checkpointed chain needs at least one stage, got none")
+    return out
+
+
+class CheckpointedSequential(nn.Sequential):
+    """An ``nn.Sequential`` whose training step follows a checkpointing strategy's schedule.
+
+    ``strategy`` is a registered name (``ckpt.strategies()``) or a function
+    ``(n, **options) -> Schedule``; ``options`` go to it (e.g. ``segments=4``).
+    Each top-level module is one stage.  State-dict keys are those of the
+    ``nn.Sequential`` it wraps.  After each backward, ``last_stats`` holds the
+    executor's counts (forward steps, peak saved bytes as torch keeps them).
+    """
+
+    def __init__(self, modules, strategy="sqrt_n", preserve_rng_state: bool = True, **options):
+        super().__init__(_as_modules(modules))
+        self.strategy, self.options = strategy, options
+        self.preserve_rng_state = preserve_rng_state
+        self.last_stats: Stats | None = None
+        self._schedule: Schedule | None = None
+        self.schedule          # build now: a bad strategy or option fails here, not mid-training
+
+    @property
+    def schedule(self) -> Schedule:
+        """The validated schedule for the current number of stages."""
+        if self._schedule is None or self._schedule.n != len(self):
+            self._schedule = make_schedule(self.strategy, len(self), **self.options)
+            if not self._schedule.is_training:
+                raise ValueError(f"ckpt.torch: strategy {self.strategy!r} built a prediction "
+                                 f"schedule (no Loss()); a CheckpointedSequential needs a training one")
+        return self._schedule
+
+    def forward(self, *inputs):
+        x = inputs[0] if len(inputs) == 1 else inputs
+        return run_chain(list(self), self.schedule, x, self.preserve_rng_state, self)
+
+    def extra_repr(self) -> str:
+        opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        return f"strategy={getattr(self.strategy, '__name__', self.strategy)!r}{opts}"
+
+
+def checkpoint_sequential(functions, segments: int, input, use_reentrant=None,
+                          preserve_rng_state: bool = True, **kwargs):
+    """``torch.utils.checkpoint.checkpoint_sequential``'s call, every segment checkpointed.
+
+    ``use_reentrant`` is accepted for compatibility and ignored: the engine is one
+    autograd Function.  Other keyword arguments of torch's version are refused.
+    """
+    if kwargs:
+        raise TypeError(f"ckpt.checkpoint_sequential: unsupported arguments {sorted(kwargs)}; "
+                        f"supported: functions, segments, input, use_reentrant, preserve_rng_state")
+    stages = list(_as_modules(functions).values())
+    if not isinstance(segments, int) or isinstance(segments, bool) or segments < 1:
+        raise ValueError(f"ckpt.checkpoint_sequential: segments must be an int ≥ 1, got {segments!r}")
+    return run_chain(stages, every_segment(len(stages), segments).validate(), input, preserve_rng_state)
+
+
+# ------------------------------------------------------------------ implementation
+
+def run_chain(stages: list, schedule: Schedule, x, preserve_rng_state: bool = True, owner=None):
+    """x_n of the chain; when autograd needs it, a step that follows ``schedule``."""
+    params = _unique_params(stages)
+    tensors = [t for t in items(x) if isinstance(t, torch.Tensor)]
+    if not torch.is_grad_enabled() or not (params or any(t.requires_grad for t in tensors)):
+        for stage in stages:
+            x = stage(x)
+        return x
+    call = _Call(stages, schedule, x, params, preserve_rng_state, owner)
+    out = _ChainFunction.apply(call, *tensors, *(p for _, p in params))
+    return out
+
+
+def _unique_params(stages) -> list:
+    """(stage index, parameter) for every parameter requiring grad, each once, in stage order."""
+    seen, out = set(), []
+    for i, stage in enumerate(stages, start=1):
+        if isinstance(stage, nn.Module):
+            for p in stage.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    out.append((i, p))
+    return out
+
+
+def _autocast_state() -> list:
+    """(device type, dtype) for each device type where autocast is on now."""
+    types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return [(d, torch.get_autocast_dtype(d)) for d in types if torch.is_autocast_enabled(d)]
+
+
+class _Call:
+    """One training step of a chain: the executor's state between forward and backward."""
+
+    def __init__(self, stages, schedule, x, params, preserve_rng, owner):
+        self.schedule, self.x, self.owner = schedule, x, owner
+        self.x_is_tensor = [isinstance(t, torch.Tensor) for t in items(x)]
+        self.split = next(k for k, a in enumerate(schedule.actions) if isinstance(a, Loss))
+        index = {id(p): k for k, (_, p) in enumerate(params)}
+        per_stage = [[(index[id(p)], p) for p in s.parameters() if id(p) in index]
+                     if isinstance(s, nn.Module) else [] for s in stages]
+        needs = any(t.requires_grad for t in items(x) if isinstance(t, torch.Tensor))
+        input_needs = []
+        for ps in per_stage:
+            input_needs.append(needs)
+            needs = needs or bool(ps)
+        counts = {}
+        for a in schedule.actions:
+            if isinstance(a, (Forward, ForwardTape)):
+                counts[a.i] = counts.get(a.i, 0) + 1
+        devices = {t.device for t in items(x) if isinstance(t, torch.Tensor)} | {p.device for _, p in params}
+        self.cuda_devices = tuple(sorted(d.index or 0 for d in devices if d.type == "cuda"))
+        self.n_params, self.autocast = len(params), _autocast_state()
+        self.upstream = Upstream()
+        self.backend = TorchBackend(
+            stages, per_stage, input_needs, resident=_resident_keys(stages),
+            recomputed=frozenset(i for i, c in counts.items() if c > 1),
+            preserve_rng=preserve_rng, cuda_devices=self.cuda_devices)
+        self.run = None
+
+    def forward(self):
+        self.run = start(self.schedule, self.backend, self.x, self.upstream)
+        self.x = None
+        self.run.steps(self.schedule.actions[:self.split])
+        return self.run.current[1]
+
+    def backward(self, grads: list) -> list:
+        run, self.run = self.run, None
+        if run is None:
+            raise RuntimeError("ckpt.torch: this checkpointed step was already backwarded and its "
+                               "tapes are gone; run the forward again (retain_graph=True cannot keep "
+                               "a checkpointed chain's tapes)")
+        out = run.current[1]
+        self.upstream.grad = rebuild(kind(out), grads)
+        del out
+        with ExitStack() as stack:
+            for device, dtype in self.autocast:
+                stack.enter_context(torch.autocast(device, dtype=dtype))
+            rng = RngState(self.cuda_devices) if self.backend.recomputed else None
+            run.steps(self.schedule.actions[self.split:])
+            if rng is not None:
+                rng.restore()
+        self.upstream.grad = None
+        result = run.result(self.schedule)
+        if self.owner is not None:
+            self.owner.last_stats = result.stats
+        param_grads = [None] * self.n_params
+        for stage_grads in result.grads:
+            for k, g in stage_grads.items():
+                param_grads[k] = g if param_grads[k] is None else param_grads[k] + g
+        dx = [g for g, is_tensor in zip(items(result.dx), self.x_is_tensor) if is_tensor]
+        del run, result
+        return dx + param_grads
+
+
+def _resident_keys(stages) -> frozenset:
+    """Storages of every parameter and buffer: resident, never counted as saved."""
+    keys = set()
+    for s in stages:
+        if isinstance(s, nn.Module):
+            keys.update(storage_key(t) for t in s.parameters())
+            keys.update(storage_key(t) for t in s.buffers())
+    return frozenset(keys)
+
+
+class _ChainFunction(torch.autograd.Function):
+    """Runs a schedule: actions before Loss() in forward, the rest in backward."""
+
+    @staticmethod
+    def forward(ctx, call, *tensors):
+        out = call.forward()
+        ctx.call = call
+        values = items(out)
+        for v in values:
+            if not isinstance(v, torch.Tensor):
+                raise TypeError(f"ckpt.torch: the last stage must return a tensor or a tuple of tensors, "
+                                f"got an item of type {type(v).__name__}; return tensors only")
+        plain = [v.detach() for v in values]
+        ctx.mark_non_differentiable(*[p for p in plain if not (p.is_floating_point() or p.is_complex())])
+        return tuple(plain) if kind(out) is not None else plain[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        call, ctx.call = ctx.call, None
+        if call is None:
+            raise RuntimeError("ckpt.torch: this checkpointed step was already backwarded; run the "
+                               "forward again")
+        return (None, *call.backward(list(grads)))
