@@ -12,6 +12,6 @@ test: install
 	$(PYTHON) -m pytest
 
 profile: install
-	$(PYTHON) -m profiling sweep --preset default --out reports/default
+	$(PYTHON) -m profiling sweep --preset default --out reports/default --fresh
 
 .PHONY: install test profile

@@ -1,0 +1,248 @@
+"""Meters: context managers that report the peak bytes a region of code added.
+
+Each meter answers a different question; a row records every figure that applies,
+named ``<meter>_<figure>`` so a reader always knows which instrument produced it.
+
+==================  =====================================================  ===========================
+meter               what it sees                                           figures (bytes above entry)
+==================  =====================================================  ===========================
+``tracemalloc``     Python and numpy allocations (exact; blind to torch)    ``peak``
+``rss``             process resident set, sampled by memory_profiler's      ``peak`` (sampled),
+                    ``MemTimer`` and the kernel's high-water ``VmHWM``       ``hwm`` (kernel, exact)
+``cuda``            torch's CUDA caching allocator (reset per region)      ``allocated``, ``reserved``
+``nvml``            the whole device as the driver sees it (sampled)        ``used``
+==================  =====================================================  ===========================
+
+RSS is only meaningful in a fresh process whose glibc returns large blocks to the
+system (``MALLOC_MMAP_THRESHOLD_`` fixed, see ``profiling.runner``); otherwise the heap
+keeps its high-water mark and the figure overstates by up to 6×.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import tracemalloc
+from multiprocessing import Pipe
+
+MIB = 2 ** 20
+
+
+class Meter:
+    """Base: ``with meter:`` measures a region; ``meter.figures`` then holds ``{name: bytes}``."""
+
+    name = "meter"
+
+    def __init__(self):
+        self.figures: dict[str, int] = {}
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.figures = {f"{self.name}_{k}": int(v) for k, v in self.stop().items()}
+        return False
+
+    def start(self) -> None:
+        """Record the baseline and begin watching."""
+
+    def stop(self) -> dict[str, int]:
+        """Stop watching; the peak bytes above the baseline, by figure."""
+        return {}
+
+
+class TracemallocMeter(Meter):
+    """Peak of traced allocations (Python objects and numpy buffers) above the region's entry."""
+
+    name = "tracemalloc"
+
+    def start(self) -> None:
+        self._owner = not tracemalloc.is_tracing()
+        if self._owner:
+            tracemalloc.start()
+        self._base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+
+    def stop(self) -> dict[str, int]:
+        peak = tracemalloc.get_traced_memory()[1]
+        if self._owner:
+            tracemalloc.stop()
+        return {"peak": peak - self._base}
+
+
+def read_status_bytes(field: str, path: str = "/proc/self/status") -> int | None:
+    """A ``kB`` field of /proc/self/status (``VmRSS``, ``VmHWM``) in bytes; None off Linux."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def reset_hwm() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux ≥ 4.0); False when refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class RSSMeter(Meter):
+    """Process RSS: memory_profiler's sampler (a separate process) and the kernel's VmHWM."""
+
+    name = "rss"
+
+    def __init__(self, interval: float = 0.001):
+        super().__init__()
+        self.interval = interval
+
+    def start(self) -> None:
+        from memory_profiler import MemTimer
+        self._hwm_ok = reset_hwm()
+        self._base = read_status_bytes("VmRSS") or 0
+        self._pipe, child = Pipe()
+        self._timer = MemTimer(os.getpid(), self.interval, child, "psutil", max_usage=True)
+        self._timer.start()
+        self._pipe.recv()                                   # the sampler is running
+        self._sample_base = self._timer.mem_usage[0] * MIB
+
+    def stop(self) -> dict[str, int]:
+        hwm = read_status_bytes("VmHWM")
+        self._pipe.send(0)
+        peak_mib = self._pipe.recv()[0]
+        self._pipe.recv()                                   # number of samples
+        self._timer.join()
+        out = {"peak": max(0, int(peak_mib * MIB - self._base))}
+        if self._hwm_ok and hwm is not None:
+            out["hwm"] = max(0, hwm - self._base)
+        return out
+
+
+class CudaMeter(Meter):
+    """torch.cuda peak allocated and reserved above the region's entry (stats reset per region).
+
+    ``stats`` is ``torch.cuda`` unless given (tests pass a recorder with the same functions).
+    """
+
+    name = "cuda"
+
+    def __init__(self, device=None, stats=None):
+        super().__init__()
+        self.device, self._stats = device, stats
+
+    def _cuda(self):
+        if self._stats is None:
+            import torch
+            if not torch.cuda.is_available():
+                raise RuntimeError("meters: the cuda meter needs a CUDA device; torch.cuda.is_available() is False")
+            self._stats = torch.cuda
+        return self._stats
+
+    def start(self) -> None:
+        s = self._cuda()
+        s.synchronize(self.device)
+        s.reset_peak_memory_stats(self.device)
+        self._alloc = s.memory_allocated(self.device)
+        self._reserved = s.memory_reserved(self.device)
+
+    def stop(self) -> dict[str, int]:
+        s = self._cuda()
+        s.synchronize(self.device)
+        return {"allocated": s.max_memory_allocated(self.device) - self._alloc,
+                "reserved": s.max_memory_reserved(self.device) - self._reserved}
+
+
+def nvml_handle(index: int = 0):
+    """An NVML device handle, or None when pynvml (nvidia-ml-py) or a driver is absent."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetHandleByIndex(index)
+    except Exception:                                       # no package, no driver, no device
+        return None
+
+
+class NvmlMeter(Meter):
+    """Device memory used as the driver reports it (all processes), sampled in a thread.
+
+    ``used`` is a callable returning bytes in use; by default NVML's for device ``index``.
+    """
+
+    name = "nvml"
+
+    def __init__(self, index: int = 0, interval: float = 0.002, used=None):
+        super().__init__()
+        self.interval, self._used = interval, used
+        if used is None:
+            handle = nvml_handle(index)
+            if handle is None:
+                raise RuntimeError("meters: the nvml meter needs nvidia-ml-py and an NVIDIA driver "
+                                   "(pip install 'ckpt-toolkit[gpu]')")
+            import pynvml
+            self._used = lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            self._peak = max(self._peak, self._used())
+            time.sleep(self.interval)
+
+    def start(self) -> None:
+        self._base = self._peak = self._used()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict[str, int]:
+        self._done.set()
+        self._thread.join()
+        self._peak = max(self._peak, self._used())
+        return {"used": self._peak - self._base}
+
+
+class Meters(Meter):
+    """Several meters over one region; figures merged."""
+
+    def __init__(self, meters):
+        super().__init__()
+        self.meters = list(meters)
+
+    def __enter__(self):
+        for m in self.meters:
+            m.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for m in reversed(self.meters):
+            m.__exit__(*exc)
+        self.figures = {k: v for m in self.meters for k, v in m.figures.items()}
+        return False
+
+
+def meters_for(backend: str, device: str) -> list[Meter]:
+    """The meters that apply to a workload: numpy→tracemalloc, torch cpu→rss, cuda→cuda (+nvml)."""
+    if backend == "numpy":
+        return [TracemallocMeter()]
+    if device == "cpu":
+        return [RSSMeter()]
+    out = [CudaMeter()]
+    if nvml_handle() is not None:
+        out.append(NvmlMeter())
+    return out
+
+
+PRIMARY = {("numpy", "cpu"): "tracemalloc_peak", ("torch", "cpu"): "rss_hwm", ("torch", "cuda"): "cuda_allocated"}
+
+
+def primary_figure(backend: str, device: str, figures: dict[str, int]) -> str:
+    """The figure a row's ``peak_bytes`` is taken from (falls back to sampled RSS without VmHWM)."""
+    name = PRIMARY[(backend, device)]
+    if name not in figures and name == "rss_hwm":
+        return "rss_peak"
+    return name

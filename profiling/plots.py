@@ -1,0 +1,167 @@
+"""Plots (matplotlib, Agg, PNG) of a prepared sweep frame; each function writes one file and returns its path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .analysis import tradeoff, train_predict_ratio  # noqa: E402
+
+MIB = 2 ** 20
+STYLE = {"store_all": ("tab:red", "o"), "sqrt_n": ("tab:blue", "s"), "recompute": ("tab:green", "^"),
+         "predict": ("black", "x")}
+
+
+def _line(mode, strategy) -> str:
+    return "predict" if mode == "predict" else strategy
+
+
+def _style(line: str):
+    return STYLE.get(line, ("tab:gray", "d"))
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _main_sweep(df: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """Rows of the most populated sweep along ``axis`` per backend (fixed other sizes, optimizer 'sgd' or none)."""
+    other = "batch" if axis == "depth" else "depth"
+    parts = []
+    for backend, g in df.groupby("backend"):
+        g = g[g["optimizer"].isin(["sgd", "none"])]
+        counts = g.groupby(["width", other])[axis].nunique()
+        if counts.empty or counts.max() < 2:
+            continue
+        width, fixed = counts.idxmax()
+        parts.append(g[(g["width"] == width) & (g[other] == fixed)])
+    return pd.concat(parts) if parts else df.iloc[:0]
+
+
+def _panels(df: pd.DataFrame):
+    backends = sorted(df["backend"].unique()) or ["numpy"]
+    fig, axes = plt.subplots(1, len(backends), figsize=(6.2 * len(backends), 4.6), squeeze=False)
+    return fig, dict(zip(backends, axes[0]))
+
+
+def peak_vs(df: pd.DataFrame, axis: str, path: Path, y: str = "peak_bytes", loglog: bool = True) -> Path:
+    """Peak memory against depth or batch, one line per strategy, train and predict on the same axes."""
+    data = _main_sweep(df, axis)
+    fig, axes = _panels(data)
+    for backend, ax in axes.items():
+        g = data[data["backend"] == backend]
+        for (mode, strategy), h in g.groupby(["mode", "strategy"]):
+            line = _line(mode, strategy)
+            color, marker = _style(line)
+            h = h.sort_values(axis)
+            ax.plot(h[axis], h[y] / MIB, marker=marker, color=color, label=line)
+            if y == "peak_bytes" and mode == "train" and "activation_bytes" in h:
+                ax.plot(h[axis], h["activation_bytes"] / MIB, ls=":", color=color, alpha=0.7)
+        if loglog:
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+        fixed = "batch" if axis == "depth" else "depth"
+        sizes = f"width {g['width'].iloc[0]}, {fixed} {g[fixed].iloc[0]}" if len(g) else ""
+        ax.set_title(f"{backend}: peak vs {axis} ({sizes})")
+        ax.set_xlabel(axis)
+        ax.set_ylabel("MiB above parameters and inputs (solid: step; dotted: activations)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def ratio_vs_depth(df: pd.DataFrame, path: Path) -> Path:
+    """Train/predict peak ratio against depth, one line per strategy."""
+    r = train_predict_ratio(df)
+    r = r[r["optimizer"].isin(["sgd", "none"])]
+    data = _main_sweep(r.assign(mode="train"), "depth")
+    fig, axes = _panels(data)
+    for backend, ax in axes.items():
+        g = data[data["backend"] == backend]
+        for strategy, h in g.groupby("strategy"):
+            color, marker = _style(strategy)
+            h = h.sort_values("depth")
+            ax.plot(h["depth"], h["ratio"], marker=marker, color=color, label=f"{strategy} (step)")
+            ax.plot(h["depth"], h["ratio_with_params"], ls="--", color=color, alpha=0.7,
+                    label=f"{strategy} (with parameters)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"{backend}: train peak / predict peak")
+        ax.set_xlabel("depth")
+        ax.set_ylabel("ratio")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def time_vs_memory(df: pd.DataFrame, path: Path) -> Path:
+    """Each strategy's time overhead against the memory it saves, relative to store_all."""
+    t = tradeoff(df)
+    t = t[t.groupby("backend")["strategy"].transform("nunique") > 1]
+    fig, axes = _panels(t)
+    for backend, ax in axes.items():
+        g = t[t["backend"] == backend]
+        for strategy, h in g.groupby("strategy"):
+            color, marker = _style(strategy)
+            ax.scatter(100 * h["activation_saved"], 100 * h["time_overhead"], color=color, marker=marker,
+                       label=strategy)
+            big = h.sort_values("depth").tail(1)
+            for _, row in big.iterrows():
+                ax.annotate(f"d={row['depth']}", (100 * row["activation_saved"], 100 * row["time_overhead"]),
+                            fontsize=7)
+        ax.set_yscale("symlog", linthresh=10)
+        ax.set_title(f"{backend}: time overhead vs activation memory saved (vs store_all)")
+        ax.set_xlabel("activation memory saved, %")
+        ax.set_ylabel("extra time per step, %")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def predicted_vs_measured(df: pd.DataFrame, path: Path) -> Path:
+    """Measured peak against the engine's prediction, every row, with the y = x line."""
+    fig, ax = plt.subplots(figsize=(6.2, 5.2))
+    for (backend, meter), g in df.groupby(["backend", "peak_meter"]):
+        ax.scatter(g["predicted_peak_bytes"] / MIB, g["peak_bytes"] / MIB, s=14, label=f"{backend} ({meter})")
+    lo = max(1e-3, min(df["predicted_peak_bytes"].min(), df["peak_bytes"].min()) / MIB)
+    hi = max(df["predicted_peak_bytes"].max(), df["peak_bytes"].max()) / MIB
+    xs = np.array([lo, hi])
+    ax.plot(xs, xs, color="black", lw=1, label="measured = predicted")
+    ax.fill_between(xs, 0.95 * xs, 1.05 * xs, color="gray", alpha=0.2, label="±5%")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("predicted peak (ckpt.predict_memory + optimizer state), MiB")
+    ax.set_ylabel("measured peak, MiB")
+    ax.set_title("prediction vs measurement")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def all_plots(df: pd.DataFrame, folder) -> dict[str, Path]:
+    """Every plot of a prepared frame into ``folder``; {title: path} of those with data."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    train = df[df["mode"] == "train"]
+    jobs = {
+        "Peak memory vs depth": (lambda p: peak_vs(df, "depth", p), "peak_vs_depth.png", df),
+        "Peak memory vs batch": (lambda p: peak_vs(df, "batch", p), "peak_vs_batch.png", df),
+        "Train / predict ratio vs depth": (lambda p: ratio_vs_depth(df, p), "ratio_vs_depth.png", train),
+        "Time vs memory trade-off": (lambda p: time_vs_memory(df, p), "time_vs_memory.png",
+                                     train[train["strategy"] != "store_all"]),
+        "Predicted vs measured": (lambda p: predicted_vs_measured(df, p), "predicted_vs_measured.png", df),
+    }
+    out = {}
+    for title, (fn, name, needed) in jobs.items():
+        if len(needed):
+            out[title] = fn(folder / name)
+    return out

@@ -1,0 +1,396 @@
+"""Workloads: build one configuration's model and its step, on numpy or torch.
+
+A configuration is a square MLP of ``depth`` Dense+ReLU stages of ``width`` units,
+MSE loss, one ``batch`` of inputs.  ``mode="train"`` is forward + backward + optimizer
+step; ``mode="predict"`` is forward only (no tapes on numpy, ``torch.no_grad()`` on torch).
+
+What a measured region contains (everything else — parameters, inputs, the schedule
+itself — is allocated before it and excluded, as in ``ckpt.predict_memory``):
+
+* train: the optimizer's state (allocated at the region's start, as it is resident
+  during every later step), the step's activations, tapes, δ's, gradients and temporaries,
+  and the optimizer update;
+* predict: the forward's activations and output.
+
+numpy runs the engine (``ckpt.execute`` of the strategy's schedule); torch uses the
+engine's torch backend (``ckpt.CheckpointedSequential``) when it is importable and plain
+torch otherwise — plain torch can only run ``store_all`` and predict, and such rows are
+marked ``impl="plain-torch"``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+BACKENDS = ("numpy", "torch")
+DEVICES = ("cpu", "cuda")
+MODES = ("train", "predict")
+OPTIMIZERS = ("none", "sgd", "momentum", "adam")
+DTYPES = ("float32", "float64")
+STATE_SLOTS = {"none": 0, "sgd": 0, "momentum": 1, "adam": 2}   # state arrays per parameter
+
+
+@dataclass(frozen=True)
+class Config:
+    """One measured configuration: what to build and how to step it."""
+
+    backend: str = "numpy"
+    device: str = "cpu"
+    depth: int = 8
+    width: int = 128
+    batch: int = 256
+    dtype: str = "float32"
+    strategy: str = "store_all"
+    mode: str = "train"
+    optimizer: str = "sgd"
+    repeat: int = 0
+
+    @property
+    def key(self) -> str:
+        """A stable text identity (used by ``--resume`` to skip finished rows)."""
+        return "|".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+
+    def as_dict(self) -> dict:
+        """The fields as a plain dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        """A Config from a dict holding (at least) its fields."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+def known_strategies() -> list[str]:
+    """Strategies the engine has registered."""
+    import ckpt
+    return ckpt.strategies()
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"profiling: unknown {name} {value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
+def _check_int(name: str, value) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"profiling: {name} must be an int ≥ 1, got {value!r}")
+
+
+def validate(c: Config) -> Config:
+    """Raise a clear error naming the bad value and the allowed ones; return c."""
+    _check_choice("backend", c.backend, BACKENDS)
+    _check_choice("device", c.device, DEVICES)
+    _check_choice("mode", c.mode, MODES)
+    _check_choice("optimizer", c.optimizer, OPTIMIZERS)
+    _check_choice("dtype", c.dtype, DTYPES)
+    for name in ("depth", "width", "batch"):
+        _check_int(name, getattr(c, name))
+    if c.mode == "train":
+        _check_choice("strategy", c.strategy, known_strategies())
+    if c.backend == "numpy" and c.device != "cpu":
+        raise ValueError(f"profiling: the numpy backend runs on cpu only, got device={c.device!r}; "
+                         f"use backend='torch' for cuda")
+    return c
+
+
+def checkpointed_sequential():
+    """ckpt's torch backend class when it imports cleanly, else None."""
+    try:
+        from ckpt import CheckpointedSequential
+        return CheckpointedSequential
+    except Exception:                                   # absent or mid-change: fall back to plain torch
+        return None
+
+
+def torch_impl(c: Config) -> str | None:
+    """'ckpt-torch' or 'plain-torch' for a torch config, None when nothing installed can run it."""
+    if checkpointed_sequential() is not None:
+        return "ckpt-torch"
+    if c.mode == "predict" or c.strategy == "store_all":
+        return "plain-torch"
+    return None
+
+
+def impl_of(c: Config) -> str | None:
+    """Which implementation runs c: 'ckpt-numpy', 'ckpt-torch', 'plain-torch' (None: none can)."""
+    return "ckpt-numpy" if c.backend == "numpy" else torch_impl(c)
+
+
+# ----------------------------------------------------------------- optimizers (numpy)
+# In place, no temporaries: the gradient buffer (discarded after the step) is the scratch.
+
+class NumpyOptimizer:
+    """SGD, momentum or Adam over a chain's parameters; state allocated at construction."""
+
+    def __init__(self, kind: str, params: list[dict], lr=1e-3, mu=0.9, betas=(0.9, 0.999), eps=1e-8):
+        self.kind, self.params, self.lr, self.mu, self.betas, self.eps = kind, params, lr, mu, betas, eps
+        self.t = 0
+        slots = STATE_SLOTS[kind]
+        self.state = [{k: [np.zeros_like(p) for _ in range(slots)] for k, p in d.items()} for d in params]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for d in self.state for arrays in d.values() for a in arrays)
+
+    def step(self, grads: list[dict]) -> None:
+        self.t += 1
+        for params, state, g in zip(self.params, self.state, grads):
+            for k, p in params.items():
+                getattr(self, "_" + self.kind)(p, g[k], *state[k])
+
+    def _none(self, p, g):
+        pass
+
+    def _sgd(self, p, g):
+        g *= self.lr
+        p -= g
+
+    def _momentum(self, p, g, v):
+        v *= self.mu                                    # v ← μ v + g;  p ← p − lr v
+        v += g
+        np.multiply(v, self.lr, out=g)
+        p -= g
+
+    def _adam(self, p, g, m, v):
+        b1, b2 = self.betas                             # Kingma & Ba 2015, Algorithm 1
+        m *= b1                                         # m ← β1 m + (1 − β1) g
+        g *= 1 - b1
+        m += g
+        g *= 1 / (1 - b1)
+        v *= b2                                         # v ← β2 v + (1 − β2) g²
+        np.multiply(g, g, out=g)
+        g *= 1 - b2
+        v += g
+        np.sqrt(v, out=g)                               # p ← p − lr m̂ / (√v̂ + ε)
+        g *= 1 / np.sqrt(1 - b2 ** self.t)
+        g += self.eps
+        np.divide(m, g, out=g)
+        g *= self.lr / (1 - b1 ** self.t)
+        p -= g
+
+
+# ----------------------------------------------------------------- numpy workload
+
+class NumpyWorkload:
+    """The engine's MLP, inputs and schedule, built before any region is measured."""
+
+    def __init__(self, c: Config, seed: int = 0):
+        import ckpt
+        self.c, self.ckpt = c, ckpt
+        self.model = ckpt.MLP([c.width] * (c.depth + 1), activation="relu", loss="mse", dtype=c.dtype, seed=seed)
+        rng = np.random.default_rng(seed + 1)
+        self.x = rng.standard_normal((c.batch, c.width)).astype(c.dtype)
+        self.y = rng.standard_normal((c.batch, c.width)).astype(c.dtype)
+        n = c.depth
+        self.schedule = ckpt.forward_only(n) if c.mode == "predict" else ckpt.make_schedule(c.strategy, n)
+        self.backend = ckpt.NumpyBackend(self.model)
+        self.stats = None
+        self.optimizer_bytes = 0
+
+    @property
+    def param_bytes(self) -> int:
+        return sum(p.nbytes for d in self.model.params for p in d.values())
+
+    def step(self) -> None:
+        """One step: the region a meter watches."""
+        backend = self.backend
+        if self.c.mode == "predict":
+            self.stats = self.ckpt.execute(self.schedule, backend, self.x).stats
+            return
+        opt = NumpyOptimizer(self.c.optimizer, self.model.params)
+        result = self.ckpt.execute(self.schedule, backend, self.x, self.y)
+        opt.step(result.grads)
+        self.stats, self.optimizer_bytes = result.stats, opt.nbytes
+
+    def warm_up(self) -> None:
+        """Nothing to load lazily on numpy."""
+
+    def decomposition(self) -> dict:
+        """Where the executor says the peak's bytes were (its ledger, counted on the real arrays)."""
+        s, bd = self.stats, self.stats.peak_breakdown
+        return {"param_bytes": self.param_bytes,
+                "grad_bytes": self.param_bytes if self.c.mode == "train" else 0,
+                "optimizer_bytes": self.optimizer_bytes,
+                "grad_at_peak_bytes": bd.get("gradients", 0),
+                "saved_at_peak_bytes": bd.get("tapes", 0) + bd.get("checkpoints", 0),
+                "engine_peak_bytes": s.peak_bytes,
+                "engine_activation_bytes": s.peak_activation_bytes,
+                "engine_saved_bytes": s.peak_saved_bytes,
+                "forward_steps": s.forward_steps}
+
+
+# ----------------------------------------------------------------- torch workload
+
+def saved_tensor_counter():
+    """A (hooks, totals) pair: ``with hooks:`` counts bytes saved for backward, each storage once.
+
+    ``totals`` gets ``bytes`` (every distinct storage packed) and is filled while the
+    hooks are active; storages listed in ``totals['exclude']`` (parameters, inputs) are skipped.
+    """
+    import torch
+    totals = {"bytes": 0, "seen": set(), "exclude": set()}
+
+    def pack(t):
+        st = t.untyped_storage()
+        key = (st.data_ptr(), t.device.type)
+        if key not in totals["seen"] and st.data_ptr() not in totals["exclude"]:
+            totals["seen"].add(key)
+            totals["bytes"] += st.nbytes()
+        return t
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), totals
+
+
+class TorchWorkload:
+    """A Linear+ReLU ``nn.Sequential`` (wrapped by ckpt's torch backend when present)."""
+
+    def __init__(self, c: Config, seed: int = 0):
+        import torch
+        self.c, self.torch = c, torch
+        self.impl = torch_impl(c)
+        if self.impl is None:
+            raise RuntimeError(f"profiling: strategy {c.strategy!r} on torch needs ckpt.CheckpointedSequential "
+                               f"(ckpt's torch backend), which is not importable; plain torch runs "
+                               f"store_all and predict only")
+        torch.manual_seed(seed)
+        dtype = getattr(torch, c.dtype)
+        self.device = torch.device(c.device)
+        layers = []
+        for _ in range(c.depth):
+            layers += [torch.nn.Linear(c.width, c.width), torch.nn.ReLU()]
+        seq = torch.nn.Sequential(*layers).to(self.device, dtype)
+        self.plain = seq
+        if self.impl == "ckpt-torch":
+            seq = checkpointed_sequential()(seq, strategy=c.strategy if c.mode == "train" else "store_all")
+        self.model = seq
+        self.x = torch.randn(c.batch, c.width, device=self.device, dtype=dtype)
+        self.y = torch.randn(c.batch, c.width, device=self.device, dtype=dtype)
+        self.optimizer_bytes, self.saved_bytes = 0, None
+
+    @property
+    def params(self):
+        return list(self.model.parameters())
+
+    @property
+    def param_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.params)
+
+    def _optimizer(self):
+        torch, kind, ps = self.torch, self.c.optimizer, self.params
+        if kind == "sgd":
+            return torch.optim.SGD(ps, lr=1e-3)
+        if kind == "momentum":
+            return torch.optim.SGD(ps, lr=1e-3, momentum=0.9)
+        if kind == "adam":
+            return torch.optim.Adam(ps, lr=1e-3)
+        return None
+
+    def _prime(self, opt) -> None:
+        """Materialise the optimizer's state with a zero-gradient step (parameters unchanged)."""
+        if opt is None or self.c.optimizer == "sgd":
+            return
+        for p in self.params:
+            p.grad = self.torch.zeros_like(p)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.optimizer_bytes = sum(v.numel() * v.element_size() for s in opt.state.values()
+                                   for v in s.values() if self.torch.is_tensor(v) and v.dim() > 0)
+
+    def _loss(self, x, y):
+        return self.torch.nn.functional.mse_loss(self.model(x), y)
+
+    def step(self) -> None:
+        """One step: the region a meter watches (parameter gradients are freed first)."""
+        torch = self.torch
+        if self.c.mode == "predict":
+            with torch.no_grad():
+                out = self.model(self.x)
+            del out
+            self._sync()
+            return
+        for p in self.params:
+            p.grad = None
+        opt = self._optimizer()
+        self._prime(opt)
+        loss = self._loss(self.x, self.y)
+        loss.backward()
+        if opt is not None:
+            opt.step()
+        del loss
+        self._sync()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def warm_up(self) -> None:
+        """One full step on a 1-row batch: loads kernels, thread pools and lazily imported modules."""
+        x, y = self.x, self.y
+        self.x, self.y = x[:1].clone(), y[:1].clone()
+        try:
+            self.step()
+        finally:
+            self.x, self.y = x, y
+            for p in self.params:
+                p.grad = None
+
+    def count_saved(self) -> int | None:
+        """Bytes autograd saves for backward in one plain forward (parameters and inputs excluded).
+
+        That is the saved-activation peak of store_all (whether ckpt's backend or plain
+        torch runs it).  Other strategies keep their tapes inside ckpt's autograd Function,
+        out of the hooks' sight: None.
+        """
+        if self.c.strategy != "store_all":
+            return None
+        hooks, totals = saved_tensor_counter()
+        totals["exclude"] = {p.untyped_storage().data_ptr() for p in self.params}
+        totals["exclude"] |= {self.x.untyped_storage().data_ptr(), self.y.untyped_storage().data_ptr()}
+        with hooks:
+            loss = self.torch.nn.functional.mse_loss(self.plain(self.x), self.y)
+        del loss
+        return totals["bytes"]
+
+    def decomposition(self) -> dict:
+        """Parameters, gradients, optimizer state and bytes saved for backward (hooks)."""
+        train = self.c.mode == "train"
+        if train and self.saved_bytes is None:
+            self.saved_bytes = self.count_saved()
+        return {"param_bytes": self.param_bytes,
+                "grad_bytes": self.param_bytes if train else 0,
+                "optimizer_bytes": self.optimizer_bytes,
+                "saved_at_peak_bytes": self.saved_bytes if train else 0}
+
+
+def build(c: Config, seed: int = 0):
+    """The workload of a validated configuration."""
+    return NumpyWorkload(c, seed) if c.backend == "numpy" else TorchWorkload(c, seed)
+
+
+def predicted(c: Config) -> dict:
+    """The engine's prediction for c (``ckpt.predict_memory``), plus the optimizer state it leaves out."""
+    import ckpt
+    model = ckpt.MLP([c.width] * (c.depth + 1), activation="relu", loss="mse", dtype=c.dtype)
+    strategy = c.strategy if c.mode == "train" else "store_all"
+    s = ckpt.predict_memory(model, strategy, batch=c.batch, mode=c.mode)
+    params = sum(p.nbytes for d in model.params for p in d.values())
+    opt = STATE_SLOTS[c.optimizer] * params if c.mode == "train" else 0
+    return {"predicted_peak_bytes": s.peak_bytes + opt,
+            "predicted_activation_bytes": s.peak_activation_bytes,
+            "predicted_saved_bytes": s.peak_saved_bytes}
+
+
+def time_steps(workload, warmup: int, iters: int, budget_s: float) -> list[float]:
+    """Seconds per step over up to ``iters`` timed steps after ``warmup`` untimed ones (stops at budget)."""
+    for _ in range(warmup):
+        workload.step()
+    times, spent = [], 0.0
+    while len(times) < max(1, iters) and (not times or spent < budget_s):
+        t0 = time.perf_counter()
+        workload.step()
+        times.append(time.perf_counter() - t0)
+        spent += times[-1]
+    return times

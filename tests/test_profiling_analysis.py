@@ -1,0 +1,74 @@
+"""Analysis recovers known laws from synthetic frames."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from profiling import analysis as A
+from profiling.synthetic import failed_row, noisy, synthetic_frame
+
+
+@pytest.fixture
+def frame():
+    return A.prepare(synthetic_frame())
+
+
+def test_line_fit_recovers_a_line():
+    x = np.arange(1, 10)
+    fit = A.line_fit(x, 3 + 2 * x)
+    assert fit["a"] == pytest.approx(3) and fit["b"] == pytest.approx(2) and fit["r2"] == pytest.approx(1)
+
+
+def test_loglog_slopes_recover_the_laws(frame):
+    slopes = A.loglog_slopes(frame).set_index("line")["slope"]
+    assert slopes["store_all"] == pytest.approx(1, abs=1e-9)
+    assert slopes["sqrt_n"] == pytest.approx(0.5, abs=1e-9)
+    assert slopes["recompute"] == pytest.approx(0, abs=1e-9)
+    assert slopes["predict"] == pytest.approx(0, abs=1e-9)
+
+
+def test_slopes_survive_one_percent_noise():
+    slopes = A.loglog_slopes(A.prepare(noisy(synthetic_frame(), 0.01))).set_index("line")["slope"]
+    assert slopes["sqrt_n"] == pytest.approx(0.5, abs=0.03)
+
+
+def test_linear_fits_along_depth_and_batch(frame):
+    lin = A.linear_fits(frame, "activation_bytes")
+    store = lin[lin["line"] == "store_all"].set_index("axis")
+    assert store.loc["depth", "r2"] == pytest.approx(1) and store.loc["batch", "r2"] == pytest.approx(1)
+    assert store.loc["batch", "b"] == pytest.approx(4096 / 64 * 4)   # unit·depth/64 per batch row at depth 4
+
+
+def test_product_fit_of_store_all_is_exact(frame):
+    prod = A.product_fits(frame).set_index("line")
+    assert prod.loc["store_all", "r2"] == pytest.approx(1)
+    assert prod.loc["store_all", "b"] == pytest.approx(4096 / 64)
+
+
+def test_train_predict_ratio(frame):
+    r = A.train_predict_ratio(frame)
+    row = r[(r["strategy"] == "store_all") & (r["depth"] == 64) & (r["batch"] == 64)].iloc[0]
+    assert row["ratio"] == pytest.approx((4096 * 64 + 64000) / 4096)
+
+
+def test_prediction_error_per_row(frame):
+    assert A.prediction_errors(frame)["pred_error"].to_numpy() == pytest.approx(1 / 1.01 - 1)
+    assert A.error_summary(frame)["max_abs_error"].max() == pytest.approx(1 - 1 / 1.01)
+
+
+def test_tradeoff_against_store_all(frame):
+    t = A.tradeoff(frame)
+    row = t[(t["strategy"] == "sqrt_n") & (t["depth"] == 64)].iloc[0]
+    assert row["time_overhead"] == pytest.approx(1.0)
+    assert row["activation_saved"] == pytest.approx(1 - 8 / 64)
+
+
+def test_failed_rows_are_left_out_of_the_analysis():
+    df = pd.concat([synthetic_frame(), pd.DataFrame([failed_row()])], ignore_index=True)
+    assert 9999 not in set(A.prepare(df)["depth"])
+
+
+def test_targets_pass_on_exact_laws(frame):
+    t = A.targets(frame)
+    assert t["met"].all(), t
+    assert any("sqrt_n" in c for c in t["claim"])

@@ -1,0 +1,46 @@
+"""The command line: help, bad input as a clear error before anything runs, a dry run."""
+
+import subprocess
+import sys
+
+import pytest
+
+import profiling.runner
+from profiling.cli import main
+
+
+def test_help_runs_as_a_module():
+    out = subprocess.run([sys.executable, "-m", "profiling", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "ckpt-profile sweep --preset default" in out.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--strategy", "nope", "--depth", "2"], "unknown strategy 'nope'"),
+    (["--backend", "jax"], "unknown backend 'jax'"),
+    (["--mode", "eval", "--depth", "2"], "unknown mode 'eval'"),
+    (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--config", "/no/such.toml"], "no sweep file"),
+    ([], "nothing to run"),
+])
+def test_bad_input_is_a_clear_error(args, words, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(profiling.runner, "run_config", lambda *a, **k: pytest.fail("ran"))
+    assert main(["sweep", *args, "--out", str(tmp_path)]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_unwritable_out_is_a_clear_error(capsys, tmp_path):
+    (tmp_path / "f").write_text("x")
+    assert main(["sweep", "--preset", "smoke", "--out", str(tmp_path / "f" / "sub")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_dry_run_lists_configurations(capsys):
+    assert main(["sweep", "--preset", "smoke", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "backend=numpy" in out and "configurations" in out
+
+
+def test_strategy_all_expands(capsys):
+    assert main(["sweep", "--depth", "2", "--strategy", "all", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "strategy=recompute" in out and "strategy=sqrt_n" in out

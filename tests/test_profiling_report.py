@@ -1,0 +1,36 @@
+"""The report renders from a small frame; write_report writes markdown, CSV and plots."""
+
+import json
+
+import pandas as pd
+
+from profiling.report import md_table, render, write_report
+from profiling.sweep import RESULTS
+from profiling.synthetic import failed_row, synthetic_frame
+
+
+def test_render_has_every_section():
+    df = pd.concat([synthetic_frame(), pd.DataFrame([failed_row()])], ignore_index=True)
+    text = render(df, {"cpu": "test cpu", "cpu_count": 2, "packages": {"numpy": "x"}}, name="tiny")
+    for heading in ("# Memory of training vs prediction", "## Summary", "## Targets", "## Where the bytes go",
+                    "## Train / predict ratio", "## Fitted laws", "## Predicted vs measured", "## Time vs memory",
+                    "## Failed configurations", "## How this was measured"):
+        assert heading in text
+    assert "test cpu" in text and "timeout" in text
+    assert "sqrt_n 0.50" in text                              # the fitted law, stated in the summary
+
+
+def test_write_report_writes_markdown_csv_and_plots(tmp_path):
+    rows = synthetic_frame().to_dict("records")
+    (tmp_path / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = write_report(tmp_path)
+    text = path.read_text()
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == ["peak_vs_batch.png", "peak_vs_depth.png", "predicted_vs_measured.png", "ratio_vs_depth.png",
+                    "time_vs_memory.png"]
+    assert all(f"]({name})" in text for name in pngs)
+    assert len(pd.read_csv(tmp_path / "results.csv")) == len(rows)
+
+
+def test_md_table_escapes_pipes():
+    assert "\\|x\\|" in md_table(pd.DataFrame({"a": ["|x|"]}))

@@ -1,0 +1,58 @@
+"""Workloads: validation, the numpy optimizers against their formulas, torch's saved-bytes counter."""
+
+import numpy as np
+import pytest
+
+from profiling.workloads import Config, NumpyOptimizer, NumpyWorkload, predicted, validate
+
+
+def test_validate_names_the_allowed_values():
+    with pytest.raises(ValueError, match="allowed: numpy, torch"):
+        validate(Config(backend="jax"))
+    with pytest.raises(ValueError, match="allowed: float32, float64"):
+        validate(Config(dtype="float16"))
+
+
+def test_adam_matches_its_formula():
+    rng = np.random.default_rng(0)
+    p0, g = rng.standard_normal(5), rng.standard_normal(5)
+    p = p0.copy()
+    opt = NumpyOptimizer("adam", [{"W": p}], lr=0.1)
+    opt.step([{"W": g.copy()}])
+    m, v = 0.1 * g, 0.001 * g * g
+    expected = p0 - 0.1 * (m / 0.1) / (np.sqrt(v / 0.001) + 1e-8)
+    assert p == pytest.approx(expected)
+    assert opt.nbytes == 2 * p.nbytes
+
+
+def test_momentum_and_sgd_match_their_formulas():
+    p, g = np.ones(3), np.full(3, 2.0)
+    NumpyOptimizer("sgd", [{"W": p}], lr=0.5).step([{"W": g.copy()}])
+    assert p == pytest.approx(0.0)
+    p = np.ones(3)
+    opt = NumpyOptimizer("momentum", [{"W": p}], lr=0.5, mu=0.9)
+    opt.step([{"W": g.copy()}])
+    opt.step([{"W": g.copy()}])
+    assert p == pytest.approx(1 - 0.5 * 2 - 0.5 * (0.9 * 2 + 2))
+
+
+def test_numpy_workload_step_and_decomposition():
+    w = NumpyWorkload(validate(Config(depth=4, width=32, batch=64, optimizer="momentum")))
+    w.step()
+    d = w.decomposition()
+    assert d["optimizer_bytes"] == d["param_bytes"] == d["grad_bytes"]
+    assert d["engine_peak_bytes"] + d["optimizer_bytes"] == predicted(w.c)["predicted_peak_bytes"]
+
+
+def test_torch_saved_counter_counts_each_storage_once():
+    torch = pytest.importorskip("torch")
+    from profiling.workloads import saved_tensor_counter
+    lin = torch.nn.Linear(8, 8)
+    x = torch.randn(4, 8)
+    hooks, totals = saved_tensor_counter()
+    totals["exclude"] = {p.untyped_storage().data_ptr() for p in lin.parameters()} | {x.untyped_storage().data_ptr()}
+    with hooks:
+        h = torch.relu(lin(x))                   # relu saves its output; exp saves its output too: same size
+        y = h * h                                # saves h twice: one storage
+    assert totals["bytes"] == 4 * 8 * 4 * 1      # h only (Linear's input x is excluded)
+    del y
