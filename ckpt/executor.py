@@ -84,6 +84,9 @@ class _Run:
         self.current, self.checkpoints, self.tapes = (0, x), {}, {}
         self.delta, self.grads, self.loss, self.output = None, [None] * schedule.n, None, None
         self.stats = Stats()
+        # the breakdown walks every holder at each new peak (O(n²) a step): a backend whose
+        # steps must stay cheap (torch) sets ``explain_peaks = False`` and gets none
+        self.explain_peaks = getattr(backend, "explain_peaks", True)
         self.all.hold(x, x)       # one hold as `current`, one for the caller, who keeps x resident
         self.input_key, self.input_bytes = backend.storage(x), self.all.live   # not the step's bytes
 
@@ -95,7 +98,8 @@ class _Run:
         s.peak_saved_bytes = max(s.peak_saved_bytes, self.saved.live)
         if live + in_flight > s.peak_bytes:
             s.peak_bytes, s.peak_action = live + in_flight, self.k
-            s.peak_breakdown = self._breakdown(in_flight)
+            if self.explain_peaks:
+                s.peak_breakdown = self._breakdown(in_flight)
 
     def _holders(self):
         """(group, label, value) for every reference held, most telling holder first."""

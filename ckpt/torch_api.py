@@ -143,27 +143,40 @@ def checkpoint_sequential(functions, segments: int, input, use_reentrant=None,
 
 def run_chain(stages: list, schedule: Schedule, x, preserve_rng_state: bool = True, owner=None):
     """x_n of the chain; when autograd needs it, a step that follows ``schedule``."""
-    params = _unique_params(stages)
+    params, per_stage, resident = _scan(stages)
     tensors = [t for t in items(x) if isinstance(t, torch.Tensor)]
     if not torch.is_grad_enabled() or not (params or any(t.requires_grad for t in tensors)):
         for stage in stages:
             x = stage(x)
         return x
-    call = _Call(stages, schedule, x, params, preserve_rng_state, owner)
-    out = _ChainFunction.apply(call, *tensors, *(p for _, p in params))
-    return out
+    call = _Call(stages, schedule, x, params, per_stage, resident, preserve_rng_state, owner)
+    return _ChainFunction.apply(call, *tensors, *params)
 
 
-def _unique_params(stages) -> list:
-    """(stage index, parameter) for every parameter requiring grad, each once, in stage order."""
-    seen, out = set(), []
-    for i, stage in enumerate(stages, start=1):
-        if isinstance(stage, nn.Module):
-            for p in stage.parameters():
-                if p.requires_grad and id(p) not in seen:
-                    seen.add(id(p))
-                    out.append((i, p))
-    return out
+def _scan(stages) -> tuple[list, list, frozenset]:
+    """Parameters requiring grad (each once), per stage its (index, parameter) pairs, resident storages.
+
+    One walk over each stage's modules: this runs every step.
+    """
+    index, params, per_stage, resident = {}, [], [], set()
+    for stage in stages:
+        mine, seen = [], set()
+        for m in (stage.modules() if isinstance(stage, nn.Module) else ()):
+            for b in m._buffers.values():
+                if b is not None:
+                    resident.add(storage_key(b))
+            for p in m._parameters.values():
+                if p is None or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                resident.add(storage_key(p))
+                if p.requires_grad:
+                    if id(p) not in index:
+                        index[id(p)] = len(params)
+                        params.append(p)
+                    mine.append((index[id(p)], p))
+        per_stage.append(mine)
+    return params, per_stage, frozenset(resident)
 
 
 def _autocast_state() -> list:
@@ -172,33 +185,34 @@ def _autocast_state() -> list:
     return [(d, torch.get_autocast_dtype(d)) for d in types if torch.is_autocast_enabled(d)]
 
 
+def _recomputed(schedule: Schedule) -> frozenset:
+    """Stages that ``schedule`` runs forward more than once."""
+    counts = {}
+    for a in schedule.actions:
+        if isinstance(a, (Forward, ForwardTape)):
+            counts[a.i] = counts.get(a.i, 0) + 1
+    return frozenset(i for i, c in counts.items() if c > 1)
+
+
 class _Call:
     """One training step of a chain: the executor's state between forward and backward."""
 
-    def __init__(self, stages, schedule, x, params, preserve_rng, owner):
+    def __init__(self, stages, schedule, x, params, per_stage, resident, preserve_rng, owner):
         self.schedule, self.x, self.owner = schedule, x, owner
         self.x_is_tensor = [isinstance(t, torch.Tensor) for t in items(x)]
-        self.split = next(k for k, a in enumerate(schedule.actions) if isinstance(a, Loss))
-        index = {id(p): k for k, (_, p) in enumerate(params)}
-        per_stage = [[(index[id(p)], p) for p in s.parameters() if id(p) in index]
-                     if isinstance(s, nn.Module) else [] for s in stages]
+        self.split = schedule.actions.index(Loss())
         needs = any(t.requires_grad for t in items(x) if isinstance(t, torch.Tensor))
         input_needs = []
         for ps in per_stage:
             input_needs.append(needs)
             needs = needs or bool(ps)
-        counts = {}
-        for a in schedule.actions:
-            if isinstance(a, (Forward, ForwardTape)):
-                counts[a.i] = counts.get(a.i, 0) + 1
-        devices = {t.device for t in items(x) if isinstance(t, torch.Tensor)} | {p.device for _, p in params}
+        devices = {t.device for t in items(x) if isinstance(t, torch.Tensor)} | {p.device for p in params}
         self.cuda_devices = tuple(sorted(d.index or 0 for d in devices if d.type == "cuda"))
         self.n_params, self.autocast = len(params), _autocast_state()
         self.upstream = Upstream()
-        self.backend = TorchBackend(
-            stages, per_stage, input_needs, resident=_resident_keys(stages),
-            recomputed=frozenset(i for i, c in counts.items() if c > 1),
-            preserve_rng=preserve_rng, cuda_devices=self.cuda_devices)
+        self.backend = TorchBackend(stages, per_stage, input_needs, resident=resident,
+                                    recomputed=_recomputed(schedule), preserve_rng=preserve_rng,
+                                    cuda_devices=self.cuda_devices)
         self.run = None
 
     def forward(self):
@@ -213,17 +227,17 @@ class _Call:
             raise RuntimeError("ckpt.torch: this checkpointed step was already backwarded and its "
                                "tapes are gone; run the forward again (retain_graph=True cannot keep "
                                "a checkpointed chain's tapes)")
-        out = run.current[1]
-        self.upstream.grad = rebuild(kind(out), grads)
-        del out
-        with ExitStack() as stack:
-            for device, dtype in self.autocast:
-                stack.enter_context(torch.autocast(device, dtype=dtype))
-            rng = RngState(self.cuda_devices) if self.backend.recomputed else None
-            run.steps(self.schedule.actions[self.split:])
+        self.upstream.grad = rebuild(kind(run.current[1]), grads)
+        rng = RngState(self.cuda_devices) if self.backend.recomputed else None
+        try:
+            with ExitStack() as stack:
+                for device, dtype in self.autocast:
+                    stack.enter_context(torch.autocast(device, dtype=dtype))
+                run.steps(self.schedule.actions[self.split:])
+        finally:
             if rng is not None:
-                rng.restore()
-        self.upstream.grad = None
+                rng.restore()                 # the caller's RNG stream goes on as without recomputation
+            self.upstream.grad = None
         result = run.result(self.schedule)
         if self.owner is not None:
             self.owner.last_stats = result.stats
@@ -232,18 +246,8 @@ class _Call:
             for k, g in stage_grads.items():
                 param_grads[k] = g if param_grads[k] is None else param_grads[k] + g
         dx = [g for g, is_tensor in zip(items(result.dx), self.x_is_tensor) if is_tensor]
-        del run, result
+        del run, result                       # autograd may then steal the gradients, not copy them
         return dx + param_grads
-
-
-def _resident_keys(stages) -> frozenset:
-    """Storages of every parameter and buffer: resident, never counted as saved."""
-    keys = set()
-    for s in stages:
-        if isinstance(s, nn.Module):
-            keys.update(storage_key(t) for t in s.parameters())
-            keys.update(storage_key(t) for t in s.buffers())
-    return frozenset(keys)
 
 
 class _ChainFunction(torch.autograd.Function):

@@ -1,0 +1,268 @@
+"""Benchmark the torch wrappers against plain torch and torch's checkpoint_sequential, side by side.
+
+    python scripts/bench_torch.py --device cpu            # writes reports/torch_cpu/
+    python scripts/bench_torch.py --device cuda           # writes reports/torch_gpu/ (scripts/gpu_torch.sh)
+
+Per workload, every method runs on the same modules (same parameters), in
+interleaved rounds (plain, torch, ours, …, then again), so drift in a shared
+machine's speed hits all methods alike; each time is the median of the rounds
+after warm-up.  Memory:
+
+* ``peak_alloc``: peak bytes allocated above the resting state during one step
+  (CPU: the profiler's allocator events; CUDA: ``max_memory_allocated``).
+* ``saved``: bytes saved for backward at the peak (each storage once, the input,
+  parameters and gradients left out).  Plain torch: its forward's saved tensors
+  (``ckpt.saved_residuals``); ours: the executor's ledger of checkpoints + tapes.
+  torch's ``checkpoint_sequential`` hides its saves behind its own saved-tensor
+  hooks, so no outer hook can count them: its column is blank and
+  ``peak_alloc`` is the comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+import torch.utils.checkpoint as tuc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ckpt  # noqa: E402
+from ckpt.torch_api import CheckpointedSequential  # noqa: E402
+
+MiB = 2 ** 20
+
+
+# ------------------------------------------------------------------ workloads
+
+def mlp(depth, width, batch, device, dtype=torch.float32):
+    """Linear+ReLU blocks (ReLU in place), one block per stage."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True))
+                            for _ in range(depth)]).to(device, dtype)
+    return model, torch.randn(batch, width, device=device, dtype=dtype)
+
+
+def transformer(blocks, d, heads, ff, batch, seq, device, dtype=torch.float32):
+    """Post-norm transformer encoder blocks (dropout off), one block per stage."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.TransformerEncoderLayer(d, heads, ff, dropout=0.0, batch_first=True)
+                            for _ in range(blocks)]).to(device, dtype)
+    return model, torch.randn(batch, seq, d, device=device, dtype=dtype)
+
+
+WORKLOADS = {
+    "cpu": {
+        "mlp_d256_w512_b128": lambda dev: mlp(256, 512, 128, dev),
+        "transformer_12x_d256_s128_b8": lambda dev: transformer(12, 256, 4, 1024, 8, 128, dev),
+    },
+    "cuda": {
+        "mlp_d1024_w1024_b256": lambda dev: mlp(1024, 1024, 256, dev),
+        "mlp_d128_w4096_b1024": lambda dev: mlp(128, 4096, 1024, dev),
+        "transformer_12x_d1024_s512_b16": lambda dev: transformer(12, 1024, 16, 4096, 16, 512, dev),
+    },
+}
+
+
+# ------------------------------------------------------------------ methods
+
+def methods(model, n):
+    """name → (function x ↦ output, forward steps); all share ``model``'s modules."""
+    k = math.ceil(math.sqrt(n))
+    ours = {s: CheckpointedSequential(model, strategy=s) for s in ("store_all", "sqrt_n", "recompute")}
+    return {
+        "plain": (model, n),
+        "torch_checkpoint_sequential": (
+            lambda x: tuc.checkpoint_sequential(model, k, x, use_reentrant=False),
+            n + (n // k) * (k - 1)),
+        **{f"ours_{s}": (m, m.schedule.forward_steps) for s, m in ours.items()},
+    }, ours
+
+
+def step(fn, model, x):
+    """One training step: forward, a scalar loss, backward (gradients set to None first)."""
+    for p in model.parameters():
+        p.grad = None
+    out = fn(x)
+    out.float().square().mean().backward()
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_rounds(fns, model, x, device, rounds, warmup, slow_rounds, slow):
+    """Median step time per method over interleaved rounds."""
+    times = {name: [] for name in fns}
+    for r in range(warmup + rounds):
+        order = list(fns) if r % 2 == 0 else list(reversed(fns))
+        for name in order:
+            if name in slow and not warmup <= r < warmup + slow_rounds:
+                continue                 # warm already (shared modules); too slow for every round
+            sync(device)
+            t0 = time.perf_counter()
+            step(fns[name], model, x)
+            sync(device)
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: (statistics.median(ts), len(ts)) for name, ts in times.items()}
+
+
+def time_forward(model, x, device, rounds):
+    """Median time of a plain training forward (graph recorded), the unit of recomputation."""
+    ts = []
+    for _ in range(rounds + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        out = model(x)
+        sync(device)
+        ts.append(time.perf_counter() - t0)
+        del out
+    return statistics.median(ts[1:])
+
+
+def peak_alloc(fn, model, x, device):
+    """Peak bytes allocated above the resting state during one step."""
+    for p in model.parameters():
+        p.grad = None
+    if device == "cuda":
+        torch.cuda.synchronize()
+        rest = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step(fn, model, x)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - rest
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step(fn, model, x)
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def plain_saved(model, x):
+    """Bytes plain torch saves for backward (each storage once; the input left out)."""
+    report = ckpt.saved_residuals(model, x)
+    from ckpt.backends.torch_backend import storage_key
+    first = next((t for t in report[0].tensors if t.reason.startswith("input")), None)
+    return sum(r.new_bytes for r in report) - (first.nbytes if first is not None else 0)
+
+
+# ------------------------------------------------------------------ run and report
+
+def bench(device, rounds, warmup, slow_rounds, only=None, skip=()):
+    rows = []
+    for wname, build in WORKLOADS[device].items():
+        if only and only not in wname:
+            continue
+        model, x = build(device)
+        n = len(model)
+        fns, ours = methods(model, n)
+        for name in skip:
+            fns.pop(name, None)
+        slow = {"ours_recompute"} if n > 64 else set()
+        print(f"[{wname}] n={n}, timing {rounds} rounds ({slow_rounds} for {sorted(slow)})", flush=True)
+        t_fwd = time_forward(model, x, device, rounds)
+        times = time_rounds({k: v[0] for k, v in fns.items()}, model, x, device, rounds, warmup,
+                            slow_rounds, slow)
+        saved = {"plain": plain_saved(model, x)}
+        for name, (fn, steps) in fns.items():
+            mem = None if name in slow else peak_alloc(fn, model, x, device)
+            if name.startswith("ours_"):
+                saved[name] = ours[name.removeprefix("ours_")].last_stats.peak_saved_bytes
+            rows.append(dict(workload=wname, n=n, method=name, forward_steps=steps,
+                             time_s=times[name][0], rounds=times[name][1], peak_alloc_bytes=mem,
+                             saved_bytes=saved.get(name), plain_forward_s=t_fwd))
+            print(f"  {name:30s} {times[name][0]:8.4f} s  peak {(mem or 0) / MiB:9.1f} MiB", flush=True)
+        del model, x, fns, ours
+    return rows
+
+
+def derive(rows):
+    """Ratios per workload: to plain, sqrt_n to torch, sqrt_n overhead vs its recomputed forwards."""
+    import pandas as pd
+    df = pd.DataFrame(rows)
+    out = []
+    for w, g in df.groupby("workload", sort=False):
+        g = g.set_index("method")
+        plain, n, t_fwd = g.loc["plain", "time_s"], g.loc["plain", "n"], g.loc["plain", "plain_forward_s"]
+        g["vs_plain"] = g["time_s"] / plain
+        g["recomputed_steps"] = g["forward_steps"] - n
+        g["overhead_per_recomputed_forward"] = ((g["time_s"] - plain)
+                                                / (g["recomputed_steps"] / n * t_fwd)).where(g["recomputed_steps"] > 0)
+        g["sqrt_n_vs_torch"] = None
+        g.loc["ours_sqrt_n", "sqrt_n_vs_torch"] = (g.loc["ours_sqrt_n", "time_s"]
+                                                    / g.loc["torch_checkpoint_sequential", "time_s"])
+        out.append(g.reset_index())
+    return pd.concat(out)
+
+
+def markdown(df, device, command) -> str:
+    lines = [f"# Torch checkpointing benchmark ({device})", "",
+             f"Reproduce: `{command}`", "",
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+             + (f", {torch.cuda.get_device_name()}" if device == "cuda" else "") + ". "
+             "Times are medians of interleaved rounds after warm-up (`rounds` column); "
+             "ratios come from the same run.", ""]
+    for w, g in df.groupby("workload", sort=False):
+        t_fwd = g["plain_forward_s"].iloc[0]
+        lines += [f"## {w} (n = {g['n'].iloc[0]} stages; plain training forward {t_fwd:.4f} s)", "",
+                  "| method | forward steps | step time (s) | × plain | overhead / recomputed forward time "
+                  "| peak allocated (MiB) | saved for backward at peak (MiB) |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for _, r in g.iterrows():
+            over = "" if r["overhead_per_recomputed_forward"] != r["overhead_per_recomputed_forward"] \
+                else f"{r['overhead_per_recomputed_forward']:.2f}"
+            peak = "—" if r["peak_alloc_bytes"] != r["peak_alloc_bytes"] or r["peak_alloc_bytes"] is None \
+                else f"{r['peak_alloc_bytes'] / MiB:.1f}"
+            saved = "—" if r["saved_bytes"] is None or r["saved_bytes"] != r["saved_bytes"] \
+                else f"{r['saved_bytes'] / MiB:.1f}"
+            lines.append(f"| {r['method']} | {r['forward_steps']} | {r['time_s']:.4f} ({r['rounds']}) "
+                         f"| {r['vs_plain']:.3f} | {over} | {peak} | {saved} |")
+        s = g.set_index("method")
+        lines += ["", f"ours_sqrt_n / torch_checkpoint_sequential time: "
+                      f"**{s.loc['ours_sqrt_n', 'sqrt_n_vs_torch']:.3f}**; "
+                      f"ours_store_all / plain time: **{s.loc['ours_store_all', 'vs_plain']:.3f}**; "
+                      f"store_all saved = plain saved: **{s.loc['ours_store_all', 'saved_bytes'] == s.loc['plain', 'saved_bytes']}**; "
+                      f"ours_sqrt_n peak allocated / torch's: "
+                      f"**{s.loc['ours_sqrt_n', 'peak_alloc_bytes'] / s.loc['torch_checkpoint_sequential', 'peak_alloc_bytes']:.3f}**", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--rounds", type=int, default=11, help="timed rounds per method (median)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--slow-rounds", type=int, default=3, help="timed rounds of recompute on deep chains")
+    ap.add_argument("--only", default=None, help="run only workloads whose name contains this")
+    ap.add_argument("--skip", nargs="*", default=[], help="methods to leave out, e.g. ours_recompute")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--out", default=None, help="report folder (default reports/torch_<cpu|gpu>)")
+    args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_torch: --device cuda needs a CUDA GPU, none is visible; run with --device cpu")
+    out = Path(args.out or f"reports/torch_{'gpu' if args.device == 'cuda' else 'cpu'}")
+    out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = bench(args.device, args.rounds, args.warmup, args.slow_rounds, args.only, args.skip)
+    df = derive(rows)
+    df.to_csv(out / "results.csv", index=False)
+    command = "python scripts/bench_torch.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    (out / "README.md").write_text(markdown(df, args.device, command.strip()) + "\n")
+    print(f"wrote {out / 'results.csv'} and {out / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()
