@@ -5,13 +5,21 @@
     write_report("reports/default")                        # report.md, results.csv, plots
 
 Command line: ``ckpt-profile --help`` (or ``python -m profiling --help``).
-Nothing here imports torch unless a torch or cuda configuration asks for it.
+Names are imported on first use: a measuring child process (``profiling.runner``) loads
+neither pandas nor matplotlib, and nothing here imports torch unless a torch
+configuration asks for it.
 """
 
-from .report import render, write_report
-from .runner import run_config
-from .sweep import PRESETS, expand, load_results, preset, run_sweep
-from .workloads import Config
+from importlib import import_module
 
-__all__ = ["Config", "run_config", "run_sweep", "expand", "preset", "PRESETS", "load_results",
-           "write_report", "render"]
+_WHERE = {"Config": "workloads", "run_config": "runner", "run_sweep": "sweep", "expand": "sweep",
+          "preset": "sweep", "PRESETS": "sweep", "load_results": "sweep", "write_report": "report",
+          "render": "report"}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module 'profiling' has no attribute {name!r}")

@@ -46,7 +46,7 @@ def with_derived(df: pd.DataFrame) -> pd.DataFrame:
     measured_act = (df["peak_bytes"] - df["optimizer_bytes"].fillna(0) - df["grad_bytes"].fillna(0)).clip(lower=0)
     df["activation_bytes"] = np.where(numpy, df["engine_activation_bytes"], measured_act)
     df["activation_source"] = np.where(numpy, "executor ledger", "measured − grads − optimizer")
-    grads = np.where(numpy, df["grad_at_peak_bytes"], df["grad_bytes"])
+    grads = np.where(numpy, df["grad_at_peak_bytes"].fillna(0), 0)    # torch: the split at the peak is unobservable
     df["other_bytes"] = df["peak_bytes"] - df["optimizer_bytes"].fillna(0) - grads - df["saved_at_peak_bytes"]
     df["pred_error"] = (df["peak_bytes"] - df["predicted_peak_bytes"]) / df["predicted_peak_bytes"]
     df["peak_with_params_bytes"] = df["peak_bytes"] + df["param_bytes"]
@@ -160,10 +160,14 @@ def tradeoff(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def decomposition(df: pd.DataFrame) -> pd.DataFrame:
-    """Per training row: where the peak's bytes are — optimizer state, gradients, saved activations, rest."""
+    """Per training row: where the peak's bytes are — optimizer state, gradients, saved activations, rest.
+
+    On torch the gradients present at the peak moment are not observable (autograd frees
+    activations while it accumulates gradients): they stay inside ``other_bytes``.
+    """
     train = df[df["mode"] == "train"].copy()
     numpy = train["backend"] == "numpy"
-    train["grads_at_peak"] = np.where(numpy, train["grad_at_peak_bytes"], train["grad_bytes"])
+    train["grads_at_peak"] = np.where(numpy, train["grad_at_peak_bytes"], np.nan)   # torch: inside "rest"
     cols = CONFIG + ["param_bytes", "optimizer_bytes", "grads_at_peak", "saved_at_peak_bytes", "other_bytes",
                      "peak_bytes", "predicted_peak_bytes", "pred_error"]
     return train[[c for c in cols if c in train]].reset_index(drop=True)

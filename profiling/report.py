@@ -99,9 +99,9 @@ def _decomposition_rows(df: pd.DataFrame) -> pd.DataFrame:
     d = d[d["optimizer"].isin(["sgd", "none", "momentum", "adam"])]
     pick = []
     for backend, g in d.groupby("backend"):
-        counts = g["depth"].value_counts()
-        depth = max(d for d, n in counts.items() if n == counts.max())
-        batch = g[g["depth"] == depth]["batch"].value_counts().idxmax()
+        sizes = g.groupby(["depth", "batch"]).size().reset_index(name="rows")
+        sizes["work"] = sizes["depth"] * sizes["batch"]
+        depth, batch = sizes.sort_values(["rows", "work"]).iloc[-1][["depth", "batch"]]
         pick.append(g[(g["depth"] == depth) & (g["batch"] == batch)])
     d = pd.concat(pick)
     pred = df[df["mode"] == "predict"][A.SHAPE + ["depth", "batch", "peak_bytes"]]
@@ -117,9 +117,11 @@ SECTIONS_NOTE = """\
 allocated before the measured region (the parameters are shown for scale). A training step's peak
 holds the optimizer's state, the gradients finished so far, the activations kept for backward
 (tapes and checkpoints: *saved*) and the rest (the current activation, δ, temporaries, bookkeeping).
-numpy splits the peak with the executor's ledger at the moment of the peak; torch with
-`saved_tensors_hooks` over one plain forward (each storage once; store_all rows only — other strategies
-keep their tapes inside ckpt's autograd Function) and *all* gradients (torch frees nothing it accumulates).
+numpy splits the peak with the executor's ledger at the moment of the peak. torch counts the saved
+activations with `saved_tensors_hooks` over one plain forward (each storage once; store_all rows only —
+other strategies keep their tapes inside ckpt's autograd Function); the gradients present at torch's
+peak moment are not observable (autograd frees activations while it accumulates gradients), so on
+torch they are part of *rest* (their full size equals the parameters column).
 """
 
 METHOD_NOTE = """\

@@ -40,13 +40,14 @@ ALL = ["store_all", "sqrt_n", "recompute"]
 PRESETS = {
     # ≤ 2 min on 2 cores: numpy depth and batch sweeps, optimizers, a few torch rows
     "default": [
-        dict(backend="numpy", depth=[8, 16, 32, 64, 128, 256], width=128, batch=256,
+        dict(backend="numpy", depth=[8, 16, 32, 64, 128, 256], width=128, batch=512,
              strategy=["store_all", "sqrt_n"], mode=["train", "predict"]),
-        dict(backend="numpy", depth=[8, 16, 32, 64], width=128, batch=256, strategy="recompute"),
-        dict(backend="numpy", depth=16, width=128, batch=[128, 256, 512, 1024, 2048],
+        dict(backend="numpy", depth=[8, 16, 32, 64], width=128, batch=512, strategy="recompute"),
+        dict(backend="numpy", depth=16, width=128, batch=[256, 512, 1024, 2048],
              strategy=ALL, mode=["train", "predict"]),
-        dict(backend="numpy", depth=32, width=128, batch=256, strategy=ALL, optimizer=["none", "momentum", "adam"]),
-        dict(backend="torch", depth=[8, 32, 128], width=128, batch=256, strategy="store_all",
+        dict(backend="numpy", depth=32, width=128, batch=256, strategy="store_all",
+             optimizer=["none", "momentum", "adam"]),
+        dict(backend="torch", depth=[16, 128], width=128, batch=256, strategy="store_all",
              mode=["train", "predict"]),
     ],
     # the committed large CPU sweep: numpy and torch, depth to 512, batch to 1024, every strategy

@@ -108,3 +108,17 @@ def test_cuda_meter_reads_a_64_mib_tensor():
         t = torch.ones(64 * MIB // 4, device="cuda")
         del t
     assert m.figures["cuda_allocated"] == pytest.approx(64 * MIB, rel=0.01)
+
+
+def test_cuda_meters_are_chosen_without_touching_a_device():
+    chosen = meters_for("torch", "cuda")
+    assert isinstance(chosen[0], CudaMeter)
+    assert all(isinstance(m, (CudaMeter, NvmlMeter)) for m in chosen)
+
+
+@pytest.mark.skipif(_has_cuda(), reason="checks the no-GPU error")
+def test_cuda_meter_without_a_gpu_says_so():
+    pytest.importorskip("torch")
+    with pytest.raises(RuntimeError, match="needs a CUDA device"):
+        with CudaMeter():
+            pass

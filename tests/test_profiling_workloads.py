@@ -56,3 +56,20 @@ def test_torch_saved_counter_counts_each_storage_once():
         y = h * h                                # saves h twice: one storage
     assert totals["bytes"] == 4 * 8 * 4 * 1      # h only (Linear's input x is excluded)
     del y
+
+
+@pytest.mark.parametrize("mode, optimizer", [("train", "adam"), ("train", "momentum"), ("predict", "none")])
+def test_torch_workload_on_cpu(mode, optimizer):
+    pytest.importorskip("torch")
+    from profiling.workloads import build
+    c = validate(Config(backend="torch", depth=3, width=16, batch=8, mode=mode, optimizer=optimizer,
+                        strategy="store_all" if mode == "train" else "none"))
+    w = build(c)
+    w.warm_up()
+    w.step()
+    d = w.decomposition()
+    slots = {"adam": 2, "momentum": 1, "none": 0}[optimizer]
+    assert d["optimizer_bytes"] == slots * d["param_bytes"]
+    if mode == "train":
+        assert d["saved_at_peak_bytes"] == 3 * 8 * 16 * 4    # each ReLU output once (the last is the loss input too)
+        assert all(p.grad is not None for p in w.params)
