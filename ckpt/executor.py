@@ -48,30 +48,52 @@ class Result:
     stats: Stats
 
 
+# Who can hold a value, most telling first: a storage held by a tape and as the
+# current activation counts as a tape's.  The input is the caller's, resident.
+GROUPS = ("input", "tapes", "checkpoints", "current", "delta", "gradients")
+_RANK = {g: r for r, g in enumerate(GROUPS)}
+
+
 class _Ledger:
-    """Bytes held through a set of references, each storage counted once."""
+    """Bytes held through references, each storage once, in the group of its first holder.
+
+    O(1) per hold/release, so the breakdown at every new peak costs nothing.
+    """
 
     def __init__(self, backend):
-        self.backend, self.refs, self.live = backend, {}, 0
+        self.backend, self.refs = backend, {}
+        self.totals = dict.fromkeys(GROUPS, 0)
 
-    def hold(self, *values) -> None:
+    @staticmethod
+    def _group(counts: list[int]) -> str:
+        return GROUPS[next(r for r, c in enumerate(counts) if c)]
+
+    def hold(self, group: str, *values) -> None:
         for v in values:
             key = self.backend.storage(v)
             entry = self.refs.get(key)
             if entry is None:
-                self.refs[key] = [self.backend.nbytes(v), 1]
-                self.live += self.refs[key][0]
+                entry = self.refs[key] = [self.backend.nbytes(v), [0] * len(GROUPS)]
             else:
-                entry[1] += 1
+                self.totals[self._group(entry[1])] -= entry[0]
+            entry[1][_RANK[group]] += 1
+            self.totals[self._group(entry[1])] += entry[0]
 
-    def release(self, *values) -> None:
+    def release(self, group: str, *values) -> None:
         for v in values:
             key = self.backend.storage(v)
-            entry = self.refs[key]
-            entry[1] -= 1
-            if entry[1] == 0:
-                self.live -= entry[0]
+            nbytes, counts = self.refs[key]
+            self.totals[self._group(counts)] -= nbytes
+            counts[_RANK[group]] -= 1
+            if any(counts):
+                self.totals[self._group(counts)] += nbytes
+            else:
                 del self.refs[key]
+
+    @property
+    def live(self) -> int:
+        """Bytes held, the input left out."""
+        return sum(self.totals.values()) - self.totals["input"]
 
 
 class _Run:
@@ -80,26 +102,22 @@ class _Run:
     def __init__(self, schedule: Schedule, backend, x, y, explain: bool = False):
         self.n, self.backend, self.y, self.k = schedule.n, backend, y, 0
         self.tape_labels = {} if explain else None
-        self.all, self.saved, self.grad_bytes = _Ledger(backend), _Ledger(backend), _Ledger(backend)
+        self.ledger = _Ledger(backend)
         self.current, self.checkpoints, self.tapes = (0, x), {}, {}
         self.delta, self.grads, self.loss, self.output = None, [None] * schedule.n, None, None
         self.stats = Stats()
-        # the breakdown walks every holder at each new peak (O(n²) a step): a backend whose
-        # steps must stay cheap (torch) sets ``explain_peaks = False`` and gets none
-        self.explain_peaks = getattr(backend, "explain_peaks", True)
-        self.all.hold(x, x)       # one hold as `current`, one for the caller, who keeps x resident
-        self.input_key, self.input_bytes = backend.storage(x), self.all.live   # not the step's bytes
+        self.ledger.hold("input", x)
+        self.ledger.hold("current", x)
+        self.input_key = backend.storage(x)
 
     # -- accounting ---------------------------------------------------------
     def _note_peak(self, in_flight: int) -> None:
-        live = self.all.live - self.input_bytes
-        s = self.stats
-        s.peak_activation_bytes = max(s.peak_activation_bytes, live - self.grad_bytes.live + in_flight)
-        s.peak_saved_bytes = max(s.peak_saved_bytes, self.saved.live)
+        totals, live, s = self.ledger.totals, self.ledger.live, self.stats
+        s.peak_activation_bytes = max(s.peak_activation_bytes, live - totals["gradients"] + in_flight)
+        s.peak_saved_bytes = max(s.peak_saved_bytes, totals["tapes"] + totals["checkpoints"])
         if live + in_flight > s.peak_bytes:
             s.peak_bytes, s.peak_action = live + in_flight, self.k
-            if self.explain_peaks:
-                s.peak_breakdown = self._breakdown(in_flight)
+            s.peak_breakdown = {**{g: totals[g] for g in GROUPS[1:]}, "in_flight": in_flight}
 
     def _holders(self):
         """(group, label, value) for every reference held, most telling holder first."""
@@ -126,13 +144,6 @@ class _Run:
                 seen.add(key)
                 yield group, label, self.backend.nbytes(v)
 
-    def _breakdown(self, in_flight: int) -> dict[str, int]:
-        out = dict.fromkeys(("tapes", "checkpoints", "current", "delta", "gradients"), 0)
-        for group, _, nbytes in self._unique_holders():
-            out[group] += nbytes
-        out["in_flight"] = in_flight
-        return out
-
     def residuals(self, in_flight: int = 0, action=None) -> list[Residual]:
         """Every value held now, each storage once, plus what ``action`` has in flight."""
         held = [Residual(label, nbytes) for _, label, nbytes in self._unique_holders()]
@@ -141,10 +152,10 @@ class _Run:
 
     def _set_current(self, index, value) -> None:
         if self.current is not None:
-            self.all.release(self.current[1])
+            self.ledger.release("current", self.current[1])
         self.current = None if value is None else (index, value)
         if value is not None:
-            self.all.hold(value)
+            self.ledger.hold("current", value)
 
     # -- actions ------------------------------------------------------------
     @singledispatchmethod
@@ -164,8 +175,7 @@ class _Run:
                 self.tape_labels[a.i, k] = names.get(self.backend.storage(v), f"item {k}")
         if keep:
             self.tapes[a.i] = tape
-            self.all.hold(*tape)
-            self.saved.hold(*tape)
+            self.ledger.hold("tapes", *tape)
         del x_prev
         self._set_current(a.i, out)
         self.stats.forward_steps += 1
@@ -174,8 +184,7 @@ class _Run:
     def _(self, a: Save) -> None:
         value = self.current[1]
         self.checkpoints[a.i] = value
-        self.all.hold(value)
-        self.saved.hold(value)
+        self.ledger.hold("checkpoints", value)
 
     @do.register(Load)
     def _(self, a: Load) -> None:
@@ -184,8 +193,7 @@ class _Run:
     @do.register(Free)
     def _(self, a: Free) -> None:
         value = self.checkpoints.pop(a.i)
-        self.all.release(value)
-        self.saved.release(value)
+        self.ledger.release("checkpoints", value)
 
     @do.register(Loss)
     def _(self, a: Loss) -> None:
@@ -193,7 +201,7 @@ class _Run:
         self.loss, delta = self.backend.loss(self.current[1], self.y)
         self._set_current(None, None)
         self.delta = (self.n, delta)
-        self.all.hold(delta)
+        self.ledger.hold("delta", delta)
 
     @do.register(Backward)
     def _(self, a: Backward) -> None:
@@ -203,12 +211,12 @@ class _Run:
         self.delta = None
         tape = self.tapes.pop(a.i)
         delta_prev, grads = self.backend.backward(a.i, tape, old)
-        self.all.release(old, *tape)
-        self.saved.release(*tape)
+        self.ledger.release("delta", old)
+        self.ledger.release("tapes", *tape)
         del old, tape
         self.grads[a.i - 1] = grads
-        self.all.hold(delta_prev, *grads.values())
-        self.grad_bytes.hold(*grads.values())
+        self.ledger.hold("delta", delta_prev)
+        self.ledger.hold("gradients", *grads.values())
         self.delta = (a.i - 1, delta_prev)
         self.stats.backward_steps += 1
 

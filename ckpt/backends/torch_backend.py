@@ -137,7 +137,6 @@ class TorchBackend:
     recomputed: frozenset = frozenset()  # stages the schedule runs more than once
     preserve_rng: bool = True
     cuda_devices: tuple = ()
-    explain_peaks: bool = False           # the executor's per-peak breakdown costs O(n) a peak
     runs: dict = field(default_factory=dict)
     rng: dict = field(default_factory=dict)
 
