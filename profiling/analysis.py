@@ -5,10 +5,11 @@ Which quantity each law is about matters.  A training peak holds the gradients
 
 * ``peak_bytes`` — the meter's figure for the whole step (optimizer state, gradients,
   activations, temporaries).  "store_all is linear in depth and batch" is fitted on it.
-* ``activation_bytes`` — the step's peak with gradients and optimizer state left out.
-  numpy: the executor's ledger on the real run (``Stats.peak_activation_bytes``; the
-  same ledger's total matches tracemalloc, see ``pred_error``); torch: measured peak − gradients
-  − optimizer state.  The depth laws (slopes ≈ 1, ½, 0) are fitted on it.
+* ``activation_bytes`` — the step's peak with gradients and optimizer state left out:
+  the executor's ledger on the real run (``Stats.peak_activation_bytes``, numpy arrays or
+  torch tensors; on numpy the same ledger's total matches tracemalloc, see ``pred_error``);
+  where no ledger ran (plain torch, prediction on torch): measured peak − gradients − optimizer
+  state.  The depth laws (slopes ≈ 1, ½, 0) are fitted on it.
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ def with_derived(df: pd.DataFrame) -> pd.DataFrame:
     for c in ("optimizer_bytes", "grad_bytes", "grad_at_peak_bytes", "saved_at_peak_bytes", "engine_activation_bytes"):
         if c not in df:
             df[c] = np.nan
-    numpy = df["backend"] == "numpy"
+    ledger = df["engine_activation_bytes"].notna()
     measured_act = (df["peak_bytes"] - df["optimizer_bytes"].fillna(0) - df["grad_bytes"].fillna(0)).clip(lower=0)
-    df["activation_bytes"] = np.where(numpy, df["engine_activation_bytes"], measured_act)
-    df["activation_source"] = np.where(numpy, "executor ledger", "measured − grads − optimizer")
-    grads = np.where(numpy, df["grad_at_peak_bytes"].fillna(0), 0)    # torch: the split at the peak is unobservable
+    df["activation_bytes"] = np.where(ledger, df["engine_activation_bytes"], measured_act)
+    df["activation_source"] = np.where(ledger, "executor ledger", "measured − grads − optimizer")
+    grads = df["grad_at_peak_bytes"].fillna(0)          # unknown (plain torch): inside other_bytes
     df["other_bytes"] = df["peak_bytes"] - df["optimizer_bytes"].fillna(0) - grads - df["saved_at_peak_bytes"]
     df["pred_error"] = (df["peak_bytes"] - df["predicted_peak_bytes"]) / df["predicted_peak_bytes"]
     df["peak_with_params_bytes"] = df["peak_bytes"] + df["param_bytes"]
@@ -162,12 +163,11 @@ def tradeoff(df: pd.DataFrame) -> pd.DataFrame:
 def decomposition(df: pd.DataFrame) -> pd.DataFrame:
     """Per training row: where the peak's bytes are — optimizer state, gradients, saved activations, rest.
 
-    On torch the gradients present at the peak moment are not observable (autograd frees
-    activations while it accumulates gradients): they stay inside ``other_bytes``.
+    numpy and ckpt's torch backend split the peak with the executor's ledger; on plain torch
+    the gradients present at the peak moment are not observable: they stay inside ``other_bytes``.
     """
     train = df[df["mode"] == "train"].copy()
-    numpy = train["backend"] == "numpy"
-    train["grads_at_peak"] = np.where(numpy, train["grad_at_peak_bytes"], np.nan)   # torch: inside "rest"
+    train["grads_at_peak"] = train["grad_at_peak_bytes"]      # NaN where unobservable: inside "rest"
     cols = CONFIG + ["param_bytes", "optimizer_bytes", "grads_at_peak", "saved_at_peak_bytes", "other_bytes",
                      "peak_bytes", "predicted_peak_bytes", "pred_error"]
     return train[[c for c in cols if c in train]].reset_index(drop=True)

@@ -112,7 +112,8 @@ def cmd_sweep(args) -> int:
     opts = {k: getattr(args, k) for k in ("timeout", "warmup", "iters", "budget_s", "threads")
             if getattr(args, k) is not None}
     run = {**run, **opts}
-    repeats = args.repeats or run.pop("repeats", 1)
+    file_repeats = run.pop("repeats", 1)
+    repeats = args.repeats or file_repeats
     if args.dry_run:
         configs, skipped = runnable(expand(grids, repeats))
         for c in configs:

@@ -78,12 +78,25 @@ def summary_section(df: pd.DataFrame) -> str:
     for _, r in (lin[lin["line"] == "store_all"] if len(lin) else lin).iterrows():
         out.append(f"- **{r.backend}** store_all training peak is linear in {r.axis} "
                    f"({r['from']}–{r['to']}): {r.b / 1024:,.1f} KiB per unit of {r.axis}, R² = {r.r2:.4f}.")
+    prod = A.product_fits(df)
+    for _, r in (prod[prod["line"] == "store_all"] if len(prod) else prod).iterrows():
+        out.append(f"- **{r.backend}** store_all activation memory = {r.a / MIB:.2f} MiB + {r.b:.1f} bytes × depth × batch "
+                   f"(R² = {r.r2:.4f}; width {r['width']} × {np.dtype(r['dtype']).itemsize} bytes = "
+                   f"{r['width'] * np.dtype(r['dtype']).itemsize}: one kept activation per stage and example).")
     ratio = A.train_predict_ratio(df)
     ratio = ratio[(ratio["strategy"] == "store_all") & ratio["optimizer"].isin(["sgd"])]
     for backend, g in ratio.groupby("backend"):
         top = g.sort_values("depth").iloc[-1]
         out.append(f"- **{backend}**: at depth {top.depth}, batch {top.batch}, a store_all training step needs "
                    f"{top.ratio:.1f}× the memory of prediction ({top.ratio_with_params:.1f}× counting the parameters).")
+    trade = A.tradeoff(df)
+    trade = trade[trade["strategy"] != "store_all"]
+    for (backend, strategy), g in trade.groupby(["backend", "strategy"]):
+        deep = g[g["depth"] == g["depth"].max()].iloc[0]
+        out.append(f"- **{backend}** {strategy} vs store_all: median {100 * g['time_overhead'].median():+.0f}% time per "
+                   f"step for {100 * g['activation_saved'].median():.0f}% less activation memory "
+                   f"(at depth {deep.depth}: {100 * deep.time_overhead:+.0f}% time, "
+                   f"{100 * deep.activation_saved:.0f}% less).")
     if len(df):
         errs = A.error_summary(df)
         for r in errs.itertuples():
@@ -180,11 +193,12 @@ def render(df: pd.DataFrame, env: dict | None = None, plots: dict | None = None,
                   md_table(lin[["backend", "axis", "depth", "batch", "line", "optimizer", "from", "to", "a", "b", "r2"]]
                            if "depth" in lin else lin, {"a": "mib", "b": "mib", "r2": ".4f"},
                            {"a": "a (MiB)", "b": "b (MiB per unit)"})]
-    prod = A.product_fits(prepared)
-    if len(prod):
-        parts += ["### activation = a + b·(depth·batch), every depth and batch measured\n",
-                  md_table(prod[["backend", "line", "optimizer", "a", "b", "r2", "n"]],
-                           {"a": "mib", "b": ".1f", "r2": ".4f"}, {"a": "a (MiB)", "b": "b (bytes per depth·batch)"})]
+    for quantity, title in (("activation_bytes", "activation"), ("peak_bytes", "whole-step peak (gradients grow with depth alone)")):
+        prod = A.product_fits(prepared, quantity)
+        if len(prod):
+            parts += [f"### {title} = a + b·(depth·batch), every depth and batch measured\n",
+                      md_table(prod[["backend", "line", "optimizer", "a", "b", "r2", "n"]],
+                               {"a": "mib", "b": ".1f", "r2": ".4f"}, {"a": "a (MiB)", "b": "b (bytes per depth·batch)"})]
     errs = A.prediction_errors(prepared)
     worst = errs.reindex(errs["pred_error"].abs().sort_values(ascending=False).index).head(10)
     parts += ["## Predicted vs measured\n", md_table(A.error_summary(prepared),

@@ -355,14 +355,23 @@ class TorchWorkload:
         return totals["bytes"]
 
     def decomposition(self) -> dict:
-        """Parameters, gradients, optimizer state and bytes saved for backward (hooks)."""
+        """Parameters, gradients, optimizer state, bytes saved for backward, and ckpt's ledger when it ran."""
         train = self.c.mode == "train"
         if train and self.saved_bytes is None:
             self.saved_bytes = self.count_saved()
-        return {"param_bytes": self.param_bytes,
-                "grad_bytes": self.param_bytes if train else 0,
-                "optimizer_bytes": self.optimizer_bytes,
-                "saved_at_peak_bytes": self.saved_bytes if train else 0}
+        out = {"param_bytes": self.param_bytes, "grad_bytes": self.param_bytes if train else 0,
+               "optimizer_bytes": self.optimizer_bytes,
+               "hooks_saved_bytes": self.saved_bytes if train else 0,
+               "saved_at_peak_bytes": self.saved_bytes if train else 0}
+        stats = getattr(self.model, "last_stats", None) if train else None
+        if stats is not None:                           # ckpt's torch executor: its ledger of real tensors
+            bd = stats.peak_breakdown or {}
+            out.update(engine_peak_bytes=stats.peak_bytes, engine_activation_bytes=stats.peak_activation_bytes,
+                       engine_saved_bytes=stats.peak_saved_bytes, forward_steps=stats.forward_steps)
+            if bd:
+                out.update(grad_at_peak_bytes=bd.get("gradients", 0),
+                           saved_at_peak_bytes=bd.get("tapes", 0) + bd.get("checkpoints", 0))
+        return out
 
 
 def build(c: Config, seed: int = 0):

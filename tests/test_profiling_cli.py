@@ -44,3 +44,8 @@ def test_strategy_all_expands(capsys):
     assert main(["sweep", "--depth", "2", "--strategy", "all", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "strategy=recompute" in out and "strategy=sqrt_n" in out
+
+
+def test_example_sweep_file_is_valid(capsys):
+    assert main(["sweep", "--config", "scripts/sweep_example.toml", "--dry-run"]) == 0
+    assert "configurations" in capsys.readouterr().out

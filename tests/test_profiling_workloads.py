@@ -71,5 +71,21 @@ def test_torch_workload_on_cpu(mode, optimizer):
     slots = {"adam": 2, "momentum": 1, "none": 0}[optimizer]
     assert d["optimizer_bytes"] == slots * d["param_bytes"]
     if mode == "train":
-        assert d["saved_at_peak_bytes"] == 3 * 8 * 16 * 4    # each ReLU output once (the last is the loss input too)
+        assert d["hooks_saved_bytes"] == 3 * 8 * 16 * 4      # each ReLU output once (the last is the loss input too)
         assert all(p.grad is not None for p in w.params)
+        if w.impl == "ckpt-torch":                         # ckpt's executor ledger is recorded too
+            assert d["engine_activation_bytes"] > 0 and "grad_at_peak_bytes" in d
+
+
+def test_torch_sqrt_n_uses_ckpt_or_is_refused():
+    pytest.importorskip("torch")
+    from profiling.workloads import build, checkpointed_sequential
+    c = validate(Config(backend="torch", depth=4, width=16, batch=8, strategy="sqrt_n"))
+    if checkpointed_sequential() is None:
+        with pytest.raises(RuntimeError, match="CheckpointedSequential"):
+            build(c)
+        return
+    w = build(c)
+    w.step()
+    d = w.decomposition()
+    assert w.impl == "ckpt-torch" and d["hooks_saved_bytes"] is None and d["engine_saved_bytes"] > 0
