@@ -29,6 +29,7 @@ from contextlib import ExitStack
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
+from torch.nn.modules.batchnorm import _NormBase
 
 from .backends.torch_backend import (RngState, TorchBackend, Upstream, items, kind, rebuild,
                                      storage_key)
@@ -143,25 +144,28 @@ def checkpoint_sequential(functions, segments: int, input, use_reentrant=None,
 
 def run_chain(stages: list, schedule: Schedule, x, preserve_rng_state: bool = True, owner=None):
     """x_n of the chain; when autograd needs it, a step that follows ``schedule``."""
-    params, per_stage, resident = _scan(stages)
+    params, per_stage, resident, norms = _scan(stages)
     tensors = [t for t in items(x) if isinstance(t, torch.Tensor)]
     if not torch.is_grad_enabled() or not (params or any(t.requires_grad for t in tensors)):
         for stage in stages:
             x = stage(x)
         return x
-    call = _Call(stages, schedule, x, params, per_stage, resident, preserve_rng_state, owner)
+    call = _Call(stages, schedule, x, params, per_stage, resident, norms, preserve_rng_state, owner)
     return _ChainFunction.apply(call, *tensors, *params)
 
 
-def _scan(stages) -> tuple[list, list, frozenset]:
-    """Parameters requiring grad (each once), per stage its (index, parameter) pairs, resident storages.
+def _scan(stages) -> tuple[list, list, frozenset, list]:
+    """Parameters requiring grad (each once); per stage its (index, parameter) pairs; resident
+    storages; per stage its norm layers that track running statistics.
 
     One walk over each stage's modules: this runs every step.
     """
-    index, params, per_stage, resident = {}, [], [], set()
+    index, params, per_stage, resident, norms = {}, [], [], set(), []
     for stage in stages:
-        mine, seen = [], set()
+        mine, seen, stage_norms = [], set(), []
         for m in (stage.modules() if isinstance(stage, nn.Module) else ()):
+            if isinstance(m, _NormBase) and m.training and m.track_running_stats:
+                stage_norms.append(m)
             for b in m._buffers.values():
                 if b is not None:
                     resident.add(storage_key(b))
@@ -176,7 +180,8 @@ def _scan(stages) -> tuple[list, list, frozenset]:
                         params.append(p)
                     mine.append((index[id(p)], p))
         per_stage.append(mine)
-    return params, per_stage, frozenset(resident)
+        norms.append(stage_norms)
+    return params, per_stage, frozenset(resident), norms
 
 
 def _autocast_state() -> list:
@@ -194,10 +199,35 @@ def _recomputed(schedule: Schedule) -> frozenset:
     return frozenset(i for i, c in counts.items() if c > 1)
 
 
+def _joint_backwards(schedule: Schedule) -> tuple[frozenset, dict]:
+    """Stages taped right after their predecessor, and runs Backward(j), .., Backward(k) over them.
+
+    The torch backend continues such a stage's graph from its predecessor's and
+    backwards a run in one engine call (fewer calls, same arithmetic).
+    """
+    acts, chained, fuse = schedule.actions, set(), {}
+    for p in range(1, len(acts)):
+        a = acts[p]
+        if isinstance(a, ForwardTape) and acts[p - 1] == ForwardTape(a.i - 1):
+            chained.add(a.i)
+    p = 0
+    while p < len(acts):
+        if not isinstance(acts[p], Backward):
+            p += 1
+            continue
+        j = k = acts[p].i
+        p += 1
+        while p < len(acts) and acts[p] == Backward(k - 1) and k in chained:
+            k, p = k - 1, p + 1
+        if k < j:
+            fuse[j] = k
+    return frozenset(chained), fuse
+
+
 class _Call:
     """One training step of a chain: the executor's state between forward and backward."""
 
-    def __init__(self, stages, schedule, x, params, per_stage, resident, preserve_rng, owner):
+    def __init__(self, stages, schedule, x, params, per_stage, resident, norms, preserve_rng, owner):
         self.schedule, self.x, self.owner = schedule, x, owner
         self.x_is_tensor = [isinstance(t, torch.Tensor) for t in items(x)]
         self.split = schedule.actions.index(Loss())
@@ -210,9 +240,11 @@ class _Call:
         self.cuda_devices = tuple(sorted(d.index or 0 for d in devices if d.type == "cuda"))
         self.n_params, self.autocast = len(params), _autocast_state()
         self.upstream = Upstream()
+        chained, fuse = _joint_backwards(schedule)
         self.backend = TorchBackend(stages, per_stage, input_needs, resident=resident,
                                     recomputed=_recomputed(schedule), preserve_rng=preserve_rng,
-                                    cuda_devices=self.cuda_devices)
+                                    cuda_devices=self.cuda_devices, chained=chained, fuse=fuse,
+                                    norms=norms)
         self.run = None
 
     def forward(self):

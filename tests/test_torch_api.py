@@ -304,3 +304,23 @@ def test_cuda_batchnorm_once():
     grads_of(wrapped, x)
     for b, b0 in zip(wrapped.buffers(), plain.buffers()):
         assert torch.equal(b, b0)
+
+
+@pytest.mark.parametrize("strategy", ["recompute", "sqrt_n"])
+def test_autocast_state_is_replayed_in_recomputation(strategy):
+    x = torch.randn(4, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = grads_of(mlp(dtype=torch.float32), x)
+        got = grads_of(CheckpointedSequential(mlp(dtype=torch.float32), strategy=strategy), x)
+    assert_same(got, ref, 1e-6)                    # the same bfloat16 ops, forward and recomputation
+
+
+def test_gradient_accumulation_over_micro_batches():
+    plain, wrapped = mlp(), CheckpointedSequential(mlp(), "sqrt_n")
+    xs = torch.randn(3, 4, 6, dtype=torch.float64)
+    for m in (plain, wrapped):
+        m.zero_grad(set_to_none=False)
+        for x in xs:
+            m(x).square().sum().backward()
+    for g, g0 in zip(wrapped.parameters(), plain.parameters()):
+        assert rel(g.grad, g0.grad) <= 1e-12

@@ -29,7 +29,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from torch.autograd.graph import get_gradient_edge, saved_tensors_hooks
+from torch.autograd.graph import GradientEdge, get_gradient_edge, saved_tensors_hooks
 from torch.nn.modules.batchnorm import _NormBase
 
 
@@ -63,11 +63,18 @@ class _Graph:
     inputs: list                 # per input item: its GradientEdge, or None
     edges: list                  # per output item: GradientEdge, _PassThrough or None
     params: list                 # (global index, parameter) pairs of this stage
+    chained: bool = False        # the input is the previous stage's taped output, graph attached
+
+    @property
+    def simple(self) -> bool:
+        """One tensor in, one tensor out: stages like this can be backwarded together."""
+        return (self.container is None and len(self.edges) == 1
+                and isinstance(self.edges[0], GradientEdge))
 
 
 def storage_key(t: torch.Tensor) -> tuple:
-    """Identity of a tensor's storage (views share their base's)."""
-    return (t.device.type, t.device.index, t.untyped_storage().data_ptr())
+    """Identity of a tensor's storage (views share their base's): (device number or -1, address)."""
+    return (t.get_device(), t.untyped_storage().data_ptr())
 
 
 def items(v) -> list:
@@ -137,8 +144,14 @@ class TorchBackend:
     recomputed: frozenset = frozenset()  # stages the schedule runs more than once
     preserve_rng: bool = True
     cuda_devices: tuple = ()
+    chained: frozenset = frozenset()   # stages whose ForwardTape directly follows ForwardTape(i-1)
+    fuse: dict = field(default_factory=dict)  # Backward(j) → k: Backward(j), .., Backward(k) in a row
     runs: dict = field(default_factory=dict)
     rng: dict = field(default_factory=dict)
+    norms: list | None = None          # per stage: its norm layers that track running statistics
+    graphs: dict = field(default_factory=dict)    # stage → its _Graph, while taped
+    pending: dict = field(default_factory=dict)   # stage → (δ_{i-1}, grads) from a joint backward
+    last: tuple | None = None                     # (i, x_i as returned, x_i with its graph)
 
     def check_inputs(self, n, x, y) -> None:
         if n != len(self.stages):
@@ -153,7 +166,9 @@ class TorchBackend:
             if again:
                 if i in self.rng:
                     self.rng[i].restore()
-                stack.enter_context(frozen_running_stats(tracking_norms(stage)))
+                norms = self.norms[i - 1] if self.norms is not None else tracking_norms(stage)
+                if norms:
+                    stack.enter_context(frozen_running_stats(norms))
             elif self.preserve_rng and i in self.recomputed:
                 self.rng[i] = RngState(self.cuda_devices)
             if not keep_tape:
@@ -162,7 +177,7 @@ class TorchBackend:
             return self._taped(i, stage, x)
 
     def _taped(self, i, stage, x):
-        need = self.input_needs_grad[i - 1]
+        need, last, self.last = self.input_needs_grad[i - 1], self.last, None
         held = {}
 
         def pack(t):
@@ -171,15 +186,23 @@ class TorchBackend:
                 held[key] = Held(key, t.untyped_storage().nbytes())
             return t
 
+        chained = i in self.chained and last is not None and last[0] == i - 1 and last[1] is x
         with torch.enable_grad():
-            inputs = [entry(t) if need and _floating(t) else t.detach() if isinstance(t, torch.Tensor) else t
-                      for t in items(x)]
+            if chained:       # continue stage i-1's graph: no entry node, one backward can span both
+                inputs, in_edges = [last[2]], [_edge_of(last[2])]
+            else:
+                inputs = [entry(t) if need and _floating(t) else t.detach() if isinstance(t, torch.Tensor)
+                          else t for t in items(x)]
+                in_edges = [get_gradient_edge(t) if isinstance(t, torch.Tensor) and t.requires_grad else None
+                            for t in inputs]
             with saved_tensors_hooks(pack, _unpack):
                 out = stage(rebuild(kind(x), inputs))
-        graph = _Graph(kind(x), [get_gradient_edge(t) if isinstance(t, torch.Tensor) and t.requires_grad
-                                 else None for t in inputs],
-                       [self._edge(o, inputs) for o in items(out)], self.params[i - 1])
+        graph = _Graph(kind(x), in_edges, [self._edge(o, inputs) for o in items(out)], self.params[i - 1],
+                       chained)
         plain = rebuild(kind(out), [o.detach() if isinstance(o, torch.Tensor) else o for o in items(out)])
+        if graph.simple:
+            self.last = (i, plain, out)
+        self.graphs[i] = graph
         return plain, (graph, *held.values())
 
     @staticmethod
@@ -189,14 +212,51 @@ class TorchBackend:
         for j, t in enumerate(inputs):
             if t is o:
                 return _PassThrough(j)           # the stage returns its input j as is
-        return get_gradient_edge(o) if o.grad_fn is not None else None
+        return _edge_of(o) if o.grad_fn is not None else None
 
     # -- loss and backward ----------------------------------------------------
     def loss(self, x, y):
+        self.last = None
         return None, y.grad
 
     def backward(self, i, tape, delta):
-        graph = tape[0]
+        self.last = None                    # would keep the last re-taped output alive
+        self.graphs.pop(i, None)
+        if i in self.pending:
+            return self.pending.pop(i)
+        k = self.fuse.get(i)
+        if k is not None and all(m in self.graphs for m in range(k, i)):
+            group = [tape[0]] + [self.graphs[m] for m in range(i - 1, k - 1, -1)]
+            if all(g.simple for g in group) and all(g.chained for g in group[:-1]):
+                return self._backward_together(i, group, delta)
+        return self._backward_one(tape[0], delta)
+
+    def _backward_together(self, i, group, delta):
+        """Stages i, i-1, .., k (one chained graph) in one engine call; the rest is handed out later."""
+        k = i - len(group) + 1
+        wrt = [e for e in group[-1].inputs if e is not None]
+        n_in, owners, seen = len(wrt), [], set()
+        for m, g in zip(range(i, k - 1, -1), group):
+            for idx, p in g.params:
+                if idx not in seen:                     # a parameter shared by two stages: once
+                    seen.add(idx)
+                    wrt.append(p)
+                    owners.append((m, idx))
+        got = [None] * len(wrt)
+        if delta is not None and wrt:
+            got = list(torch.autograd.grad([group[0].edges[0]], wrt, [delta], allow_unused=True))
+        grads = {m: {} for m in range(k, i + 1)}
+        for (m, idx), g in zip(owners, got[n_in:]):
+            if g is not None:
+                grads[m][idx] = g
+        for m in range(k + 1, i):
+            self.pending[m] = (None, grads[m])          # δ_{m-1} never materialises
+        self.pending[k] = (rebuild(group[-1].container, got[:n_in] or [None]), grads[k])
+        for m in range(k, i):
+            self.graphs.pop(m, None)
+        return None, grads[i]
+
+    def _backward_one(self, graph, delta):
         outs, grads_out, passed = [], [], {}
         for edge, d in zip(graph.edges, items(delta)):
             if edge is None or d is None:
@@ -247,6 +307,14 @@ class TorchBackend:
 
 def _unpack(t):
     return t
+
+
+def _edge_of(t: torch.Tensor) -> GradientEdge:
+    """``get_gradient_edge(t)``, without its extra work when t's node is a C++ one."""
+    fn = t.grad_fn
+    if fn is not None and not isinstance(fn, torch._C._FunctionBase):
+        return GradientEdge(fn, t.output_nr)
+    return get_gradient_edge(t)
 
 
 class _Entry(torch.autograd.Function):
