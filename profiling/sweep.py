@@ -50,11 +50,11 @@ PRESETS = {
         dict(backend="torch", depth=[16, 128], width=128, batch=256, strategy="store_all",
              mode=["train", "predict"]),
     ],
-    # the committed large CPU sweep: numpy and torch, depth to 512, batch to 1024, every strategy
+    # the committed large CPU sweep: numpy and torch, depth to 512, batch to 2048, every strategy
     "cpu_large": [
         dict(backend=["numpy", "torch"], depth=[4, 8, 16, 32, 64, 128, 256, 512], width=128, batch=256,
              strategy=ALL, mode=["train", "predict"]),
-        dict(backend=["numpy", "torch"], depth=32, width=128, batch=[64, 128, 256, 512, 1024],
+        dict(backend=["numpy", "torch"], depth=32, width=128, batch=[128, 256, 512, 1024, 2048],
              strategy=ALL, mode=["train", "predict"]),
         dict(backend=["numpy", "torch"], depth=32, width=128, batch=256, strategy=ALL,
              optimizer=["none", "momentum", "adam"]),
