@@ -73,7 +73,7 @@ def peak_vs(df: pd.DataFrame, axis: str, path: Path, y: str = "peak_bytes", logl
         sizes = f"width {g['width'].iloc[0]}, {fixed} {g[fixed].iloc[0]}" if len(g) else ""
         ax.set_title(f"{backend}: peak vs {axis} ({sizes})")
         ax.set_xlabel(axis)
-        ax.set_ylabel("MiB above parameters and inputs (solid: step; dotted: activations)")
+        ax.set_ylabel("MiB above params + inputs (solid: step, dotted: activations)", fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     return _save(fig, path)
