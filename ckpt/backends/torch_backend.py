@@ -1,18 +1,25 @@
 """The torch backend: stages are ``nn.Module``s (or callables); a tape is a stage's autograd graph.
 
-``forward(i, x, keep_tape=True)`` runs stage i under ``torch.enable_grad`` on a
-detached copy of x that requires grad, so the graph it records belongs to that
-stage alone; ``backward(i, tape, δ)`` differentiates that graph with
-``torch.autograd.grad`` and returns δ_{i-1} and the stage's parameter gradients
-(returned, not accumulated: the wrapper hands them to autograd, so
-``torch.autograd.grad`` works through a checkpointed model).
+``forward(i, x, keep_tape=True)`` runs stage i under ``torch.enable_grad`` on x
+made to require grad, so the graph it records starts at that stage;
+``backward(i, tape, δ)`` differentiates that graph with ``torch.autograd.grad``
+and returns δ_{i-1} and the stage's parameter gradients (returned, not
+accumulated: the wrapper hands them to autograd, so ``torch.autograd.grad``
+works through a checkpointed model).
 
 A tape is ``(graph, *held)``: ``graph`` keeps the stage's input and output
 edges (not the tensors), ``held`` is one ``Held`` record per storage the stage
 keeps alive for its backward (what ``saved_tensors_hooks`` sees), parameters
-and buffers left out.  The stage's input enters the graph through ``entry``,
-not as a leaf, so it is kept only if an op saves it — as in plain torch.  The executor's ledger counts them, each storage once, so
-``Stats`` reports the bytes torch really keeps.
+and buffers left out.  The executor's ledger counts them, each storage once,
+so ``Stats`` reports the bytes torch really keeps.  The stage's input enters
+the graph through ``entry``, not as a leaf, so it is kept only if an op saves
+it — as in plain torch.
+
+Two shortcuts, same arithmetic: a stage taped right after its predecessor
+continues that stage's graph (``chained``), and a run Backward(j), .., Backward(k)
+over chained stages is one engine call at Backward(j); the others then hand out
+their share (``pending``).  Per-stage engine calls cost more than the stage on
+small layers.
 
 Re-running a stage (a recomputation) restores the RNG state of its first run
 (CPU and CUDA), so dropout draws the same masks, and leaves norm layers'
@@ -217,7 +224,8 @@ class TorchBackend:
     # -- loss and backward ----------------------------------------------------
     def loss(self, x, y):
         self.last = None
-        return None, y.grad
+        delta, y.grad = y.grad, None          # the executor's reference is then the only one here
+        return None, delta
 
     def backward(self, i, tape, delta):
         self.last = None                    # would keep the last re-taped output alive
