@@ -32,7 +32,7 @@ no gradient).  ``Loss()`` on this backend means "hand x_n to the caller and take
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -167,30 +167,33 @@ class TorchBackend:
 
     # -- forward --------------------------------------------------------------
     def forward(self, i, x, keep_tape):
-        stage, again = self.stages[i - 1], self.runs.get(i, 0) > 0
-        self.runs[i] = self.runs.get(i, 0) + 1
-        with ExitStack() as stack:
-            if again:
-                if i in self.rng:
-                    self.rng[i].restore()
-                norms = self.norms[i - 1] if self.norms is not None else tracking_norms(stage)
-                if norms:
-                    stack.enter_context(frozen_running_stats(norms))
-            elif self.preserve_rng and i in self.recomputed:
+        stage, runs = self.stages[i - 1], self.runs.get(i, 0)
+        self.runs[i] = runs + 1
+        if runs == 0:                                   # the first run: what recomputation replays
+            if self.preserve_rng and i in self.recomputed:
                 self.rng[i] = RngState(self.cuda_devices)
-            if not keep_tape:
-                with torch.no_grad():
-                    return stage(x), None
-            return self._taped(i, stage, x)
+            return self._run(i, stage, x, keep_tape)
+        if i in self.rng:
+            self.rng[i].restore()
+        norms = self.norms[i - 1] if self.norms is not None else tracking_norms(stage)
+        with frozen_running_stats(norms):
+            return self._run(i, stage, x, keep_tape)
+
+    def _run(self, i, stage, x, keep_tape):
+        if not keep_tape:
+            with torch.no_grad():
+                return stage(x), None
+        return self._taped(i, stage, x)
 
     def _taped(self, i, stage, x):
         need, last, self.last = self.input_needs_grad[i - 1], self.last, None
         held = {}
 
         def pack(t):
-            key = storage_key(t)
+            st = t.untyped_storage()
+            key = (t.get_device(), st.data_ptr())          # storage_key(t), one storage lookup
             if key not in held and key not in self.resident:
-                held[key] = Held(key, t.untyped_storage().nbytes())
+                held[key] = Held(key, st.nbytes())
             return t
 
         chained = i in self.chained and last is not None and last[0] == i - 1 and last[1] is x
