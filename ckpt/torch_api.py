@@ -18,7 +18,14 @@ segment is checkpointed (torch stores the last one), ``segments`` larger than
 the number of stages means one stage per segment, recomputation replays the RNG
 (dropout masks match) and does not update BatchNorm running statistics again
 (pytorch#96136), and the model may take and pass tuples of tensors.
-Double backward (``create_graph=True``) is not supported.
+Saved-tensor hooks in force at the forward (``torch.autograd.graph.save_on_cpu``
+and the like) apply to every tape, recomputed ones included.
+
+Limits of one autograd Function: parameter gradients reach autograd when the
+chain's backward ends, so with gradients already present
+(``zero_grad(set_to_none=False)``, accumulation) one set of the chain's
+gradients is transient at the end; autograd holds δ_n (grad_output) for the
+whole backward.  Double backward (``create_graph=True``) is not supported.
 """
 
 from __future__ import annotations
@@ -31,8 +38,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _NormBase
 
-from .backends.torch_backend import (RngState, TorchBackend, Upstream, items, kind, rebuild,
-                                     storage_key)
+from .backends.torch_backend import (RngState, TorchBackend, Upstream, items, kind, outer_saved_hooks,
+                                     rebuild, storage_key)
 from .executor import Stats, start
 from .schedule import Backward, Forward, ForwardTape, Free, Load, Loss, Save, Schedule
 from .strategies import make_schedule, segment_bounds
@@ -244,7 +251,7 @@ class _Call:
         self.backend = TorchBackend(stages, per_stage, input_needs, resident=resident,
                                     recomputed=_recomputed(schedule), preserve_rng=preserve_rng,
                                     cuda_devices=self.cuda_devices, chained=chained, fuse=fuse,
-                                    norms=norms)
+                                    norms=norms, outer_hooks=outer_saved_hooks())
         self.run = None
 
     def forward(self):

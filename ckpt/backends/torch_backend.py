@@ -151,6 +151,7 @@ class TorchBackend:
     recomputed: frozenset = frozenset()  # stages the schedule runs more than once
     preserve_rng: bool = True
     cuda_devices: tuple = ()
+    outer_hooks: tuple | None = None   # the caller's saved-tensor hooks (e.g. save_on_cpu): ours call them
     chained: frozenset = frozenset()   # stages whose ForwardTape directly follows ForwardTape(i-1)
     fuse: dict = field(default_factory=dict)  # Backward(j) → k: Backward(j), .., Backward(k) in a row
     runs: dict = field(default_factory=dict)
@@ -189,12 +190,14 @@ class TorchBackend:
         need, last, self.last = self.input_needs_grad[i - 1], self.last, None
         held = {}
 
+        outer = self.outer_hooks
+
         def pack(t):
             st = t.untyped_storage()
             key = (t.get_device(), st.data_ptr())          # storage_key(t), one storage lookup
             if key not in held and key not in self.resident:
                 held[key] = Held(key, st.nbytes())
-            return t
+            return t if outer is None else outer[0](t)
 
         chained = i in self.chained and last is not None and last[0] == i - 1 and last[1] is x
         with torch.enable_grad():
@@ -205,7 +208,7 @@ class TorchBackend:
                           else t for t in items(x)]
                 in_edges = [get_gradient_edge(t) if isinstance(t, torch.Tensor) and t.requires_grad else None
                             for t in inputs]
-            with saved_tensors_hooks(pack, _unpack):
+            with saved_tensors_hooks(pack, _unpack if outer is None else outer[1]):
                 out = stage(rebuild(kind(x), inputs))
         graph = _Graph(kind(x), in_edges, [self._edge(o, inputs) for o in items(out)], self.params[i - 1],
                        chained)
@@ -318,6 +321,12 @@ class TorchBackend:
 
 def _unpack(t):
     return t
+
+
+def outer_saved_hooks():
+    """The (pack, unpack) saved-tensor hooks in force now (``save_on_cpu`` and the like), or None."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return top(False) if top is not None else None
 
 
 def _edge_of(t: torch.Tensor) -> GradientEdge:
