@@ -73,7 +73,7 @@ class ReLU:
 
     def backward_(self, delta, x):
         delta *= np.sign(x)                        # δz = δx ⊙ [x > 0]; x ≥ 0, so [x > 0] = sign(x)
-        return delta                               # (20× faster than a masked copy: no branches)
+        return delta                               # (~10× faster than a masked copy: no branches)
 
     def backward_temp(self, shape, dtype) -> int:
         return nbytes(shape, dtype)                # sign(x)
