@@ -143,9 +143,12 @@ Every configuration ran in its own fresh process (`python -m profiling.runner`),
 under the meters after a 1-row warm-up step (kernels, thread pools, lazy imports); then steps were
 timed with no meter running (time = fastest timed step). Meters: numpy — `tracemalloc` (exact for
 numpy buffers, also counts the executor's few KiB of Python bookkeeping); torch CPU — the kernel's
-peak RSS (`VmHWM`, reset per region) beside memory_profiler's sampled RSS (`rss_peak`); CUDA —
+peak RSS (`VmHWM`, reset per region, after `gc.collect()` and glibc's `malloc_trim` so the region
+cannot hide in freed heap pages) beside memory_profiler's sampled RSS (`rss_peak`); CUDA —
 `torch.cuda.max_memory_allocated/reserved` (reset per region) and NVML device-used when present.
-RSS moves in pages and counts allocator slack, so small torch CPU peaks read high against the model.
+RSS moves in pages and counts allocator and autograd slack, so small torch CPU peaks read high
+against the model (whose prediction is for the equivalent numpy MLP; torch rows also carry ckpt's
+own ledger of torch tensors, `engine_peak_bytes`).
 The prediction is `ckpt.predict_memory` (the schedule executed on shapes) plus the optimizer's state
 (0, 1 or 2 copies of the parameters for sgd, momentum, adam).
 
