@@ -153,8 +153,8 @@ def all_plots(df: pd.DataFrame, folder) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     train = df[df["mode"] == "train"]
     jobs = {
-        "Peak memory vs depth": (lambda p: peak_vs(df, "depth", p), "peak_vs_depth.png", df),
-        "Peak memory vs batch": (lambda p: peak_vs(df, "batch", p), "peak_vs_batch.png", df),
+        "Peak memory vs depth": (lambda p: peak_vs(df, "depth", p), "peak_vs_depth.png", _main_sweep(df, "depth")),
+        "Peak memory vs batch": (lambda p: peak_vs(df, "batch", p), "peak_vs_batch.png", _main_sweep(df, "batch")),
         "Train / predict ratio vs depth": (lambda p: ratio_vs_depth(df, p), "ratio_vs_depth.png", train),
         "Time vs memory trade-off": (lambda p: time_vs_memory(df, p), "time_vs_memory.png",
                                      train[train["strategy"] != "store_all"]),
