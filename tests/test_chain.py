@@ -1,11 +1,10 @@
 """A chain of user-defined stages runs on every strategy, backend and the memory model."""
 
-import tracemalloc
-
 import numpy as np
 
 import ckpt
 from ckpt.layers import nbytes
+from profiling.meters import TracemallocMeter
 
 
 class Scale:
@@ -70,11 +69,8 @@ def test_custom_stages_memory_prediction_matches_tracemalloc():
     x, y = rng.standard_normal((1024, 256)), rng.standard_normal((1024, 256))
     for strategy in ("store_all", "recompute", "sqrt_n"):
         schedule, backend = ckpt.make_schedule(strategy, 16), ckpt.NumpyBackend(model)
-        tracemalloc.start()
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        ckpt.execute(schedule, backend, x, y)
-        measured = tracemalloc.get_traced_memory()[1] - base
-        tracemalloc.stop()
+        with TracemallocMeter() as meter:
+            ckpt.execute(schedule, backend, x, y)
+        measured = meter.figures["tracemalloc_peak"]
         predicted = ckpt.predict_memory(model, strategy, batch=1024).peak_bytes
         assert abs(measured - predicted) / predicted < 0.02, strategy

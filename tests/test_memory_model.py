@@ -1,13 +1,13 @@
 """The memory model: symbolic prediction vs tracemalloc, and the shapes of the laws it predicts."""
 
 import math
-import tracemalloc
 
 import numpy as np
 import pytest
 
 import ckpt
 from ckpt.layers import ACTIVATIONS
+from profiling.meters import TracemallocMeter
 
 STRATEGIES = ["store_all", "recompute", "sqrt_n"]
 
@@ -16,14 +16,9 @@ def measured_peak(model, x, y, strategy, **options):
     """tracemalloc peak over one training step; inputs, parameters and the schedule built before."""
     schedule = ckpt.make_schedule(strategy, len(model), **options)
     backend = ckpt.NumpyBackend(model)
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
+    with TracemallocMeter() as meter:
         result = ckpt.execute(schedule, backend, x, y)
-        return tracemalloc.get_traced_memory()[1] - base, result
-    finally:
-        tracemalloc.stop()
+    return meter.figures["tracemalloc_peak"], result
 
 
 def problem(depth, width, batch, activation="relu", loss="mse", dtype="float64", l2=0.0):
@@ -58,12 +53,9 @@ def test_prediction_within_2_percent_where_activations_dominate(strategy, activa
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_prediction_mode_matches_and_keeps_nothing(dtype):
     model, x, _ = problem(depth=16, width=64, batch=256, dtype=dtype)
-    tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
-    tracemalloc.reset_peak()
-    ckpt.forward(model, x)
-    measured = tracemalloc.get_traced_memory()[1] - base
-    tracemalloc.stop()
+    with TracemallocMeter() as meter:
+        ckpt.forward(model, x)
+    measured = meter.figures["tracemalloc_peak"]
     predicted = ckpt.predict_memory(model, batch=256, mode="predict")
     assert predicted.peak_saved_bytes == 0 and predicted.backward_steps == 0
     assert abs(measured - predicted.peak_bytes) / predicted.peak_bytes < 0.05
