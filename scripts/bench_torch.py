@@ -6,7 +6,9 @@
 Per workload, every method runs on the same modules (same parameters), in
 interleaved rounds (plain, torch, ours, …, then again), so drift in a shared
 machine's speed hits all methods alike; each time is the median of the rounds
-after warm-up.  Memory:
+after warm-up.  A plain training forward (graph recorded, no backward) is timed
+in the same rounds: "overhead / recomputed forward time" is
+(step − plain step) / (recomputed forward steps / n × that forward).  Memory:
 
 * ``peak_alloc``: peak bytes allocated above the resting state during one step
   (CPU: the profiler's allocator events; CUDA: ``max_memory_allocated``).
@@ -36,6 +38,7 @@ import ckpt  # noqa: E402
 from ckpt.torch_api import CheckpointedSequential  # noqa: E402
 
 MiB = 2 ** 20
+FORWARD = "plain_forward"      # timed in the same rounds: the unit of recomputation
 
 
 # ------------------------------------------------------------------ workloads
@@ -107,24 +110,16 @@ def time_rounds(fns, model, x, device, rounds, warmup, slow_rounds, slow):
                 continue                 # warm already (shared modules); too slow for every round
             sync(device)
             t0 = time.perf_counter()
-            step(fns[name], model, x)
+            if name == FORWARD:
+                out = model(x)                   # a plain training forward (graph recorded), no backward
+                sync(device)
+                del out
+            else:
+                step(fns[name], model, x)
             sync(device)
             if r >= warmup:
                 times[name].append(time.perf_counter() - t0)
     return {name: (statistics.median(ts), len(ts)) for name, ts in times.items()}
-
-
-def time_forward(model, x, device, rounds):
-    """Median time of a plain training forward (graph recorded), the unit of recomputation."""
-    ts = []
-    for _ in range(rounds + 1):
-        sync(device)
-        t0 = time.perf_counter()
-        out = model(x)
-        sync(device)
-        ts.append(time.perf_counter() - t0)
-        del out
-    return statistics.median(ts[1:])
 
 
 def peak_alloc(fn, model, x, device):
@@ -172,9 +167,9 @@ def bench(device, rounds, warmup, slow_rounds, only=None, skip=()):
             fns.pop(name, None)
         slow = {"ours_recompute"} if n > 64 else set()
         print(f"[{wname}] n={n}, timing {rounds} rounds ({slow_rounds} for {sorted(slow)})", flush=True)
-        t_fwd = time_forward(model, x, device, rounds)
-        times = time_rounds({k: v[0] for k, v in fns.items()}, model, x, device, rounds, warmup,
-                            slow_rounds, slow)
+        times = time_rounds({FORWARD: None, **{k: v[0] for k, v in fns.items()}}, model, x, device,
+                            rounds, warmup, slow_rounds, slow)
+        t_fwd = times.pop(FORWARD)[0]
         saved = {"plain": plain_saved(model, x)}
         for name, (fn, steps) in fns.items():
             mem = None if name in slow else peak_alloc(fn, model, x, device)

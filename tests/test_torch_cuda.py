@@ -10,8 +10,10 @@ from ckpt.torch_api import CheckpointedSequential  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-# (depth, width, batch): small enough for any GPU, large enough that allocator rounding is noise
-CASES = [(64, 1024, 256), (16, 2048, 512)]
+# (depth, width, batch, strategy): the GPU benchmark's MLPs (recompute only on a shallow one:
+# n(n+1)/2 stage runs), large enough that allocator rounding is noise
+CASES = [(d, w, b, s) for d, w, b in [(1024, 1024, 256), (128, 4096, 1024)] for s in ("store_all", "sqrt_n")]
+CASES += [(64, 1024, 256, s) for s in ("store_all", "sqrt_n", "recompute")]
 
 
 def relu_mlp(depth, width):
@@ -33,8 +35,7 @@ def cuda_peak(model, x, y) -> int:
     return torch.cuda.max_memory_allocated() - rest
 
 
-@pytest.mark.parametrize("depth,width,batch", CASES)
-@pytest.mark.parametrize("strategy", ["store_all", "sqrt_n", "recompute"])
+@pytest.mark.parametrize("depth,width,batch,strategy", CASES)
 def test_predicted_peak_within_2_percent_of_cuda_peak_allocated(depth, width, batch, strategy):
     model = CheckpointedSequential(relu_mlp(depth, width), strategy=strategy)
     x = torch.randn(batch, width, device="cuda")
