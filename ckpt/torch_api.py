@@ -123,6 +123,7 @@ class CheckpointedSequential(nn.Sequential):
         return self._schedule
 
     def forward(self, *inputs):
+        """x_n for input(s) x_0 (several inputs arrive at stage 1 as one tuple)."""
         x = inputs[0] if len(inputs) == 1 else inputs
         return run_chain(list(self), self.schedule, x, self.preserve_rng_state, self)
 

@@ -162,12 +162,14 @@ class TorchBackend:
     last: tuple | None = None                     # (i, x_i as returned, x_i with its graph)
 
     def check_inputs(self, n, x, y) -> None:
+        """Raise unless the schedule has one stage per module."""
         if n != len(self.stages):
             raise ValueError(f"torch backend: the schedule is for {n} stages but the model has "
                              f"{len(self.stages)}; build the schedule with n={len(self.stages)}")
 
     # -- forward --------------------------------------------------------------
     def forward(self, i, x, keep_tape):
+        """x_i and, when asked, stage i's tape; a re-run replays RNG and spares running statistics."""
         stage, runs = self.stages[i - 1], self.runs.get(i, 0)
         self.runs[i] = runs + 1
         if runs == 0:                                   # the first run: what recomputation replays
@@ -229,11 +231,13 @@ class TorchBackend:
 
     # -- loss and backward ----------------------------------------------------
     def loss(self, x, y):
+        """Hand x_n to the caller (the Function returns it) and take δ_n from ``y``, an Upstream."""
         self.last = None
         delta, y.grad = y.grad, None          # the executor's reference is then the only one here
         return None, delta
 
     def backward(self, i, tape, delta):
+        """δ_{i-1} (None inside a joint backward) and stage i's parameter gradients by global index."""
         self.last = None                    # would keep the last re-taped output alive
         self.graphs.pop(i, None)
         if i in self.pending:
@@ -298,6 +302,7 @@ class TorchBackend:
 
     # -- byte ledger ----------------------------------------------------------
     def storage(self, value):
+        """Identity of the storage behind a tensor, a Held record or a tuple of tensors."""
         if isinstance(value, Held):
             return value.key
         if isinstance(value, torch.Tensor):
@@ -307,6 +312,7 @@ class TorchBackend:
         return ("object", id(value))
 
     def nbytes(self, value):
+        """Bytes of the storage(s) behind ``value``."""
         if isinstance(value, Held):
             return value.nbytes
         if isinstance(value, torch.Tensor):
@@ -316,6 +322,7 @@ class TorchBackend:
         return 0
 
     def temp_bytes(self, action, operand, y=None) -> int:
+        """Not modelled on torch: 0 (the allocator's transients are measured, not predicted)."""
         return 0
 
 
