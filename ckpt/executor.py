@@ -11,7 +11,6 @@ model; on numpy it is what ``tracemalloc`` sees.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import singledispatchmethod
 
 from .schedule import Backward, Forward, ForwardTape, Free, Load, Loss, Save, Schedule
 
@@ -54,46 +53,61 @@ GROUPS = ("input", "tapes", "checkpoints", "current", "delta", "gradients")
 _RANK = {g: r for r, g in enumerate(GROUPS)}
 
 
+def _first_holder(counts: list[int]) -> int:
+    for rank, count in enumerate(counts):
+        if count:
+            return rank
+    return -1
+
+
 class _Ledger:
     """Bytes held through references, each storage once, in the group of its first holder.
 
-    O(1) per hold/release, so the breakdown at every new peak costs nothing.
+    O(1) per hold/release (this runs on every action: keep it lean), so the
+    breakdown at every new peak costs nothing.
     """
 
     def __init__(self, backend):
-        self.backend, self.refs = backend, {}
-        self.totals = dict.fromkeys(GROUPS, 0)
+        self.storage, self.nbytes, self.refs = backend.storage, backend.nbytes, {}
+        self.totals = [0] * len(GROUPS)      # by rank in GROUPS
+        self.live = 0                        # bytes held, the input left out
 
-    @staticmethod
-    def _group(counts: list[int]) -> str:
-        return GROUPS[next(r for r, c in enumerate(counts) if c)]
+    def _move(self, nbytes: int, old: int, new: int) -> None:
+        if old >= 0:
+            self.totals[old] -= nbytes
+            self.live -= nbytes if old else 0
+        if new >= 0:
+            self.totals[new] += nbytes
+            self.live += nbytes if new else 0
 
     def hold(self, group: str, *values) -> None:
+        rank = _RANK[group]
         for v in values:
-            key = self.backend.storage(v)
+            key = self.storage(v)
             entry = self.refs.get(key)
             if entry is None:
-                entry = self.refs[key] = [self.backend.nbytes(v), [0] * len(GROUPS)]
-            else:
-                self.totals[self._group(entry[1])] -= entry[0]
-            entry[1][_RANK[group]] += 1
-            self.totals[self._group(entry[1])] += entry[0]
+                entry = self.refs[key] = [self.nbytes(v), [0] * len(GROUPS)]
+            old = _first_holder(entry[1])
+            entry[1][rank] += 1
+            if old < 0 or rank < old:
+                self._move(entry[0], old, rank)
 
     def release(self, group: str, *values) -> None:
+        rank = _RANK[group]
         for v in values:
-            key = self.backend.storage(v)
+            key = self.storage(v)
             nbytes, counts = self.refs[key]
-            self.totals[self._group(counts)] -= nbytes
-            counts[_RANK[group]] -= 1
-            if any(counts):
-                self.totals[self._group(counts)] += nbytes
-            else:
+            old = _first_holder(counts)
+            counts[rank] -= 1
+            new = _first_holder(counts)
+            if new != old:
+                self._move(nbytes, old, new)
+            if new < 0:
                 del self.refs[key]
 
-    @property
-    def live(self) -> int:
-        """Bytes held, the input left out."""
-        return sum(self.totals.values()) - self.totals["input"]
+    def total(self, group: str) -> int:
+        """Bytes whose first holder is ``group``."""
+        return self.totals[_RANK[group]]
 
 
 class _Run:
@@ -105,7 +119,7 @@ class _Run:
         self.ledger = _Ledger(backend)
         self.current, self.checkpoints, self.tapes = (0, x), {}, {}
         self.delta, self.grads, self.loss, self.output = None, [None] * schedule.n, None, None
-        self.stats = Stats()
+        self.stats, self._peak_totals = Stats(), None
         self.ledger.hold("input", x)
         self.ledger.hold("current", x)
         self.input_key = backend.storage(x)
@@ -113,11 +127,14 @@ class _Run:
     # -- accounting ---------------------------------------------------------
     def _note_peak(self, in_flight: int) -> None:
         totals, live, s = self.ledger.totals, self.ledger.live, self.stats
-        s.peak_activation_bytes = max(s.peak_activation_bytes, live - totals["gradients"] + in_flight)
-        s.peak_saved_bytes = max(s.peak_saved_bytes, totals["tapes"] + totals["checkpoints"])
+        _, tapes, checkpoints, _, _, gradients = totals
+        if live - gradients + in_flight > s.peak_activation_bytes:
+            s.peak_activation_bytes = live - gradients + in_flight
+        if tapes + checkpoints > s.peak_saved_bytes:
+            s.peak_saved_bytes = tapes + checkpoints
         if live + in_flight > s.peak_bytes:
             s.peak_bytes, s.peak_action = live + in_flight, self.k
-            s.peak_breakdown = {**{g: totals[g] for g in GROUPS[1:]}, "in_flight": in_flight}
+            self._peak_totals = (*totals, in_flight)      # made a dict once, in result()
 
     def _holders(self):
         """(group, label, value) for every reference held, most telling holder first."""
@@ -158,13 +175,14 @@ class _Run:
             self.ledger.hold("current", value)
 
     # -- actions ------------------------------------------------------------
-    @singledispatchmethod
     def do(self, a) -> None:
-        raise TypeError(f"executor: unexpected action {a!r}")
+        """Apply one action (dispatch on its type; see ``_HANDLERS``)."""
+        handler = _HANDLERS.get(type(a))
+        if handler is None:
+            raise TypeError(f"executor: unexpected action {a!r}")
+        handler(self, a)
 
-    @do.register(Forward)
-    @do.register(ForwardTape)
-    def _(self, a) -> None:
+    def _forward(self, a) -> None:
         keep = isinstance(a, ForwardTape)
         x_prev = self.current[1]
         self._note_peak(self.backend.temp_bytes(a, x_prev))
@@ -180,31 +198,26 @@ class _Run:
         self._set_current(a.i, out)
         self.stats.forward_steps += 1
 
-    @do.register(Save)
-    def _(self, a: Save) -> None:
+    def _save(self, a: Save) -> None:
         value = self.current[1]
         self.checkpoints[a.i] = value
         self.ledger.hold("checkpoints", value)
 
-    @do.register(Load)
-    def _(self, a: Load) -> None:
+    def _load(self, a: Load) -> None:
         self._set_current(a.i, self.checkpoints[a.i])
 
-    @do.register(Free)
-    def _(self, a: Free) -> None:
+    def _free(self, a: Free) -> None:
         value = self.checkpoints.pop(a.i)
         self.ledger.release("checkpoints", value)
 
-    @do.register(Loss)
-    def _(self, a: Loss) -> None:
+    def _loss(self, a: Loss) -> None:
         self._note_peak(self.backend.temp_bytes(a, self.current[1], self.y))
         self.loss, delta = self.backend.loss(self.current[1], self.y)
         self._set_current(None, None)
         self.delta = (self.n, delta)
         self.ledger.hold("delta", delta)
 
-    @do.register(Backward)
-    def _(self, a: Backward) -> None:
+    def _backward(self, a: Backward) -> None:
         self._set_current(None, None)
         old = self.delta[1]
         self._note_peak(self.backend.temp_bytes(a, old))
@@ -233,9 +246,15 @@ class _Run:
 
     def result(self, schedule: Schedule) -> Result:
         """The result after the last action of ``schedule`` has run."""
+        if self._peak_totals:
+            self.stats.peak_breakdown = dict(zip((*GROUPS[1:], "in_flight"), self._peak_totals[1:]))
         if schedule.is_training:
             return Result(self.loss, self.grads, self.delta[1], None, self.stats)
         return Result(None, None, None, self.current[1], self.stats)
+
+
+_HANDLERS = {Forward: _Run._forward, ForwardTape: _Run._forward, Save: _Run._save, Load: _Run._load,
+             Free: _Run._free, Loss: _Run._loss, Backward: _Run._backward}
 
 
 def execute(schedule: Schedule, backend, x, y=None) -> Result:

@@ -216,6 +216,8 @@ class Schedule:
 
     def validate(self) -> "Schedule":
         """Check every rule of the module docstring; raise naming the first bad action."""
+        if self.__dict__.get("_valid"):
+            return self                    # immutable: once valid, always valid
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
             raise ScheduleError(f"schedule: a chain needs at least one stage, got n={self.n!r}")
         walk = _Walk(self.n)
@@ -226,6 +228,7 @@ class Schedule:
         problem = walk.finish()
         if problem:
             raise ScheduleError(f"schedule: after the last action: {problem}")
+        object.__setattr__(self, "_valid", True)
         return self
 
     def count(self, *kinds: type) -> int:
