@@ -64,7 +64,8 @@ class _Ledger:
     """Bytes held through references, each storage once, in the group of its first holder.
 
     O(1) per hold/release (this runs on every action: keep it lean), so the
-    breakdown at every new peak costs nothing.
+    breakdown at every new peak costs nothing.  An entry is
+    [bytes, holds per group rank, rank of its group].
     """
 
     def __init__(self, backend):
@@ -72,13 +73,10 @@ class _Ledger:
         self.totals = [0] * len(GROUPS)      # by rank in GROUPS
         self.live = 0                        # bytes held, the input left out
 
-    def _move(self, nbytes: int, old: int, new: int) -> None:
-        if old >= 0:
-            self.totals[old] -= nbytes
-            self.live -= nbytes if old else 0
-        if new >= 0:
-            self.totals[new] += nbytes
-            self.live += nbytes if new else 0
+    def _add(self, nbytes: int, rank: int) -> None:
+        self.totals[rank] += nbytes
+        if rank:
+            self.live += nbytes
 
     def hold(self, group: str, *values) -> None:
         rank = _RANK[group]
@@ -86,28 +84,33 @@ class _Ledger:
             key = self.storage(v)
             entry = self.refs.get(key)
             if entry is None:
-                entry = self.refs[key] = [self.nbytes(v), [0] * len(GROUPS)]
-            old = _first_holder(entry[1])
+                counts = [0] * len(GROUPS)
+                counts[rank] = 1
+                self.refs[key] = [self.nbytes(v), counts, rank]
+                self._add(self.refs[key][0], rank)
+                continue
             entry[1][rank] += 1
-            if old < 0 or rank < old:
-                self._move(entry[0], old, rank)
+            if rank < entry[2]:
+                self._add(-entry[0], entry[2])
+                self._add(entry[0], rank)
+                entry[2] = rank
 
     def release(self, group: str, *values) -> None:
         rank = _RANK[group]
         for v in values:
             key = self.storage(v)
-            nbytes, counts = self.refs[key]
-            old = _first_holder(counts)
+            entry = self.refs[key]
+            counts = entry[1]
             counts[rank] -= 1
+            if counts[rank] or rank != entry[2]:
+                continue
+            self._add(-entry[0], rank)
             new = _first_holder(counts)
-            if new != old:
-                self._move(nbytes, old, new)
             if new < 0:
                 del self.refs[key]
-
-    def total(self, group: str) -> int:
-        """Bytes whose first holder is ``group``."""
-        return self.totals[_RANK[group]]
+            else:
+                self._add(entry[0], new)
+                entry[2] = new
 
 
 class _Run:
