@@ -207,6 +207,18 @@ def _recomputed(schedule: Schedule) -> frozenset:
     return frozenset(i for i, c in counts.items() if c > 1)
 
 
+def _replay_starts(schedule: Schedule) -> frozenset:
+    """Stages a recomputation starts from (the first forward after a ``Load``).
+
+    Every re-run is ``Load(j)`` then stages j+1, j+2, … in order, as in the first
+    sweep, so restoring the RNG state that stage j+1 first saw replays the whole
+    run's draws: one RNG state per checkpoint, not per stage.
+    """
+    acts = schedule.actions
+    return frozenset(b.i for a, b in zip(acts, acts[1:])
+                     if isinstance(a, Load) and isinstance(b, (Forward, ForwardTape)))
+
+
 def _joint_backwards(schedule: Schedule) -> tuple[frozenset, dict]:
     """Stages taped right after their predecessor, and runs Backward(j), .., Backward(k) over them.
 
@@ -250,7 +262,8 @@ class _Call:
         self.upstream = Upstream()
         chained, fuse = _joint_backwards(schedule)
         self.backend = TorchBackend(stages, per_stage, input_needs, resident=resident,
-                                    recomputed=_recomputed(schedule), preserve_rng=preserve_rng,
+                                    recomputed=_recomputed(schedule), replay_starts=_replay_starts(schedule),
+                                    preserve_rng=preserve_rng,
                                     cuda_devices=self.cuda_devices, chained=chained, fuse=fuse,
                                     norms=norms, outer_hooks=outer_saved_hooks())
         self.run = None

@@ -16,8 +16,10 @@ in the same rounds: "overhead / recomputed forward time" is
   parameters and gradients left out).  Plain torch: its forward's saved tensors
   (``ckpt.saved_residuals``); ours: the executor's ledger of checkpoints + tapes.
   torch's ``checkpoint_sequential`` hides its saves behind its own saved-tensor
-  hooks, so no outer hook can count them: its column is blank and
-  ``peak_alloc`` is the comparison.
+  hooks, so no outer hook can count them: its column is blank.
+* ``held``: bytes the training forward allocated and still holds when it
+  returns, its output left out — what each method keeps for its backward,
+  measured from the allocator, so torch's checkpoint is counted too.
 """
 
 from __future__ import annotations
@@ -133,16 +135,43 @@ def peak_alloc(fn, model, x, device):
         step(fn, model, x)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - rest
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step(fn, model, x)
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    events = cpu_memory_events(lambda: step(fn, model, x))
     live = peak = 0
-    for _, nbytes in events:
+    for nbytes in events:
         live += nbytes
         peak = max(peak, live)
     return peak
+
+
+def cpu_memory_events(run) -> list[int]:
+    """Signed bytes of every CPU allocation (+) and free (−) during ``run()``, in time order."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    return [n for _, n in sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                                 if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)]
+
+
+def held_after_forward(fn, model, x, device):
+    """Bytes a training forward allocates and still holds when it returns, its output left out.
+
+    What the method keeps for backward, measured from the allocator — so it also
+    counts torch's checkpoint, whose saves no outer saved-tensor hook can see.
+    """
+    for p in model.parameters():
+        p.grad = None
+    outs = []
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        outs.append(fn(x))
+        torch.cuda.synchronize()
+        held = torch.cuda.memory_allocated() - before
+    else:
+        held = sum(cpu_memory_events(lambda: outs.append(fn(x))))
+    held -= outs[0].untyped_storage().nbytes()
+    del outs
+    return held
 
 
 def plain_saved(model, x):
@@ -173,11 +202,12 @@ def bench(device, rounds, warmup, slow_rounds, only=None, skip=()):
         saved = {"plain": plain_saved(model, x)}
         for name, (fn, steps) in fns.items():
             mem = None if name in slow else peak_alloc(fn, model, x, device)
+            held = held_after_forward(fn, model, x, device)
             if name.startswith("ours_"):
                 saved[name] = ours[name.removeprefix("ours_")].last_stats.peak_saved_bytes
             rows.append(dict(workload=wname, n=n, method=name, forward_steps=steps,
                              time_s=times[name][0], rounds=times[name][1], peak_alloc_bytes=mem,
-                             saved_bytes=saved.get(name), plain_forward_s=t_fwd))
+                             saved_bytes=saved.get(name), held_bytes=held, plain_forward_s=t_fwd))
             print(f"  {name:30s} {times[name][0]:8.4f} s  peak {(mem or 0) / MiB:9.1f} MiB", flush=True)
         del model, x, fns, ours
     return rows
@@ -213,8 +243,8 @@ def markdown(df, device, command) -> str:
         t_fwd = g["plain_forward_s"].iloc[0]
         lines += [f"## {w} (n = {g['n'].iloc[0]} stages; plain training forward {t_fwd:.4f} s)", "",
                   "| method | forward steps | step time (s) | × plain | overhead / recomputed forward time "
-                  "| peak allocated (MiB) | saved for backward at peak (MiB) |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| peak allocated (MiB) | saved for backward at peak (MiB) | held after forward (MiB) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for _, r in g.iterrows():
             over = "" if r["overhead_per_recomputed_forward"] != r["overhead_per_recomputed_forward"] \
                 else f"{r['overhead_per_recomputed_forward']:.2f}"
@@ -223,14 +253,16 @@ def markdown(df, device, command) -> str:
             saved = "—" if r["saved_bytes"] is None or r["saved_bytes"] != r["saved_bytes"] \
                 else f"{r['saved_bytes'] / MiB:.1f}"
             lines.append(f"| {r['method']} | {r['forward_steps']} | {r['time_s']:.4f} ({r['rounds']}) "
-                         f"| {r['vs_plain']:.3f} | {over} | {peak} | {saved} |")
+                         f"| {r['vs_plain']:.3f} | {over} | {peak} | {saved} | {r['held_bytes'] / MiB:.1f} |")
         s = g.set_index("method")
         lines += ["", f"ours_sqrt_n / torch_checkpoint_sequential time: "
                       f"**{s.loc['ours_sqrt_n', 'sqrt_n_vs_torch']:.3f}**; "
                       f"ours_store_all / plain time: **{s.loc['ours_store_all', 'vs_plain']:.3f}**; "
                       f"store_all saved = plain saved: **{s.loc['ours_store_all', 'saved_bytes'] == s.loc['plain', 'saved_bytes']}**; "
                       f"ours_sqrt_n peak allocated / torch's: "
-                      f"**{s.loc['ours_sqrt_n', 'peak_alloc_bytes'] / s.loc['torch_checkpoint_sequential', 'peak_alloc_bytes']:.3f}**", ""]
+                      f"**{s.loc['ours_sqrt_n', 'peak_alloc_bytes'] / s.loc['torch_checkpoint_sequential', 'peak_alloc_bytes']:.3f}**; "
+                      f"ours_sqrt_n held after forward / torch's: "
+                      f"**{s.loc['ours_sqrt_n', 'held_bytes'] / s.loc['torch_checkpoint_sequential', 'held_bytes']:.3f}**", ""]
     return "\n".join(lines)
 
 

@@ -149,6 +149,7 @@ class TorchBackend:
     input_needs_grad: list            # per stage: does δ_{i-1} matter
     resident: frozenset = frozenset()  # storage keys of parameters and buffers (not counted)
     recomputed: frozenset = frozenset()  # stages the schedule runs more than once
+    replay_starts: frozenset = frozenset()  # stages a re-run starts from: the RNG state is kept there
     preserve_rng: bool = True
     cuda_devices: tuple = ()
     outer_hooks: tuple | None = None   # the caller's saved-tensor hooks (e.g. save_on_cpu): ours call them
@@ -173,7 +174,7 @@ class TorchBackend:
         stage, runs = self.stages[i - 1], self.runs.get(i, 0)
         self.runs[i] = runs + 1
         if runs == 0:                                   # the first run: what recomputation replays
-            if self.preserve_rng and i in self.recomputed:
+            if self.preserve_rng and i in self.replay_starts:
                 self.rng[i] = RngState(self.cuda_devices)
             return self._run(i, stage, x, keep_tape)
         if i in self.rng:
