@@ -121,7 +121,7 @@ class _Run:
         self.tape_labels = {} if explain else None
         self.ledger = _Ledger(backend)
         self.current, self.checkpoints, self.tapes = (0, x), {}, {}
-        self.delta, self.grads, self.loss, self.output = None, [None] * schedule.n, None, None
+        self.delta, self.grads, self.loss = None, [None] * schedule.n, None
         self.stats, self._peak_totals = Stats(), None
         self.ledger.hold("input", x)
         self.ledger.hold("current", x)
