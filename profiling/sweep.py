@@ -212,7 +212,7 @@ def run_sweep(grids: list[dict], out: str | os.PathLike, resume: bool = False, f
     """Run every configuration of ``grids`` not yet in ``out``; the frame of all rows there."""
     from tqdm import tqdm
 
-    from .environment import write_environment
+    from .environment import ENVIRONMENT, write_environment
     from .runner import run_config
 
     configs, skipped = runnable(expand(grids, repeats))
@@ -222,8 +222,9 @@ def run_sweep(grids: list[dict], out: str | os.PathLike, resume: bool = False, f
     if results.exists() and results.stat().st_size and not (resume or fresh):
         raise FileExistsError(f"sweep: {str(results)!r} already holds results; pass --resume to continue "
                               f"that sweep or --fresh to start over")
-    if fresh and results.exists():
-        results.unlink()
+    if fresh:                          # the old rows and the old run's environment header go together
+        for stale in (results, out / ENVIRONMENT):
+            stale.unlink(missing_ok=True)
     for c in skipped:
         print(f"sweep: skipping {_label(c)}: needs ckpt's torch backend (ckpt.CheckpointedSequential)")
     done = finished_keys(out, retry_failed) if resume else set()

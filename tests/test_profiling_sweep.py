@@ -130,3 +130,13 @@ def test_a_real_tiny_sweep_writes_rows(tmp_path):
     df = run_sweep([{"backend": "numpy", "depth": 3, "width": 16, "batch": 8, "mode": ["train", "predict"]}],
                    tmp_path, progress=False, iters=1)
     assert list(df["status"]) == ["ok", "ok"] and (tmp_path / "environment.json").exists()
+
+
+def test_fresh_starts_over_with_a_new_environment_header(tmp_path, monkeypatch):
+    monkeypatch.setattr(profiling.runner, "run_config", FakeRunner())
+    run_sweep([GRID], tmp_path, progress=False)
+    (tmp_path / "environment.json").write_text('{"run": "an old sweep"}\n')
+    monkeypatch.setattr(profiling.runner, "run_config", FakeRunner())
+    df = run_sweep([GRID], tmp_path, fresh=True, progress=False)
+    assert len(df) == len(expand(GRID))
+    assert "an old sweep" not in (tmp_path / "environment.json").read_text()
