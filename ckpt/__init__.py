@@ -14,8 +14,8 @@ from .layers import Dense
 from .memory import peak_residuals, predict_memory, print_peak_residuals
 from .schedule import (Backward, Forward, ForwardTape, Free, Load, Loss, Save, Schedule,
                        ScheduleError)
-from .strategies import (forward_only, get_strategy, make_schedule, recompute, register_strategy,
-                         sqrt_n, store_all, strategies)
+from .strategies import (every_segment, forward_only, get_strategy, make_schedule, recompute,
+                         register_strategy, sqrt_n, store_all, strategies)
 
 
 def gradients(model: Chain, x, y, strategy="store_all", **options) -> Result:
@@ -31,7 +31,7 @@ def forward(model: Chain, x):
 __all__ = [
     "MLP", "Chain", "Dense", "Schedule", "ScheduleError", "Result", "Stats",
     "Forward", "ForwardTape", "Save", "Load", "Free", "Loss", "Backward",
-    "store_all", "recompute", "sqrt_n", "forward_only", "register_strategy", "get_strategy",
+    "store_all", "recompute", "sqrt_n", "every_segment", "forward_only", "register_strategy", "get_strategy",
     "strategies", "make_schedule", "execute", "gradients", "forward", "predict_memory",
     "peak_residuals", "print_peak_residuals", "Residual",
     "NumpyBackend", "SymbolicBackend", "SymbolicArray",
@@ -41,7 +41,7 @@ __all__ = [
 # torch wrappers, imported on first use so that numpy-only use never imports torch
 _TORCH_NAMES = {
     "CheckpointedSequential": "torch_api", "checkpoint_sequential": "torch_api",
-    "every_segment": "torch_api", "saved_residuals": "inspect_torch",
+    "saved_residuals": "inspect_torch",
     "print_saved_residuals": "inspect_torch", "saved_bytes": "inspect_torch",
 }
 

@@ -107,19 +107,37 @@ def segment_bounds(n: int, segments: int) -> list[tuple[int, int]]:
     return bounds
 
 
+def _segmented(n: int, bounds: list[tuple[int, int]], tape_last: bool) -> Schedule:
+    """Keep each segment's input; in the backward, re-tape and backward one segment at a time.
+
+    With ``tape_last`` the last segment is taped in the first sweep instead of
+    being checkpointed and re-run (it is backwarded first anyway).
+    """
+    rerun = bounds[:-1] if tape_last else bounds
+    actions = []
+    for first, last in rerun:
+        actions += [Save(first - 1), *(Forward(i) for i in range(first, last + 1))]
+    if tape_last:
+        first, last = bounds[-1]
+        actions += [*(ForwardTape(i) for i in range(first, last + 1)), Loss(),
+                    *(Backward(i) for i in range(last, first - 1, -1))]
+    else:
+        actions.append(Loss())
+    for first, last in reversed(rerun):
+        actions += [Load(first - 1), *_taped_backward(first, last), Free(first - 1)]
+    return Schedule(n, actions)
+
+
 @register_strategy("sqrt_n")
 def sqrt_n(n: int, segments: int | None = None) -> Schedule:
     """Chen et al. 2016: ⌈√n⌉ segments; keep their inputs, re-tape one segment at a time."""
-    bounds = segment_bounds(n, math.ceil(math.sqrt(n)) if segments is None else segments)
-    *early, (last_first, last_last) = bounds
-    actions = []
-    for first, last in early:
-        actions += [Save(first - 1), *(Forward(i) for i in range(first, last + 1))]
-    actions += [*(ForwardTape(i) for i in range(last_first, last_last + 1)), Loss(),
-                *(Backward(i) for i in range(last_last, last_first - 1, -1))]
-    for first, last in reversed(early):
-        actions += [Load(first - 1), *_taped_backward(first, last), Free(first - 1)]
-    return Schedule(n, actions)
+    return _segmented(n, segment_bounds(n, math.ceil(math.sqrt(n)) if segments is None else segments),
+                      tape_last=True)
+
+
+def every_segment(n: int, segments: int) -> Schedule:
+    """As ``sqrt_n`` but the last segment is checkpointed and re-run too (``checkpoint_sequential``)."""
+    return _segmented(n, segment_bounds(n, segments), tape_last=False)
 
 
 def forward_only(n: int) -> Schedule:

@@ -41,21 +41,8 @@ from torch.nn.modules.batchnorm import _NormBase
 from .backends.torch_backend import (RngState, TorchBackend, Upstream, items, kind, outer_saved_hooks,
                                      rebuild, storage_key)
 from .executor import Stats, start
-from .schedule import Backward, Forward, ForwardTape, Free, Load, Loss, Save, Schedule
-from .strategies import make_schedule, segment_bounds
-
-
-def every_segment(n: int, segments: int) -> Schedule:
-    """Checkpoint every segment's input, the last one's too; re-tape one segment at a time."""
-    bounds = segment_bounds(n, segments)
-    actions = []
-    for first, last in bounds:
-        actions += [Save(first - 1), *(Forward(i) for i in range(first, last + 1))]
-    actions.append(Loss())
-    for first, last in reversed(bounds):
-        actions += [Load(first - 1), *(ForwardTape(i) for i in range(first, last + 1)),
-                    *(Backward(i) for i in range(last, first - 1, -1)), Free(first - 1)]
-    return Schedule(n, actions)
+from .schedule import Backward, Forward, ForwardTape, Load, Loss, Schedule
+from .strategies import every_segment, make_schedule
 
 
 class _Stage(nn.Module):

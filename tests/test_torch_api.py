@@ -8,7 +8,8 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import ckpt  # noqa: E402
-from ckpt.torch_api import CheckpointedSequential, checkpoint_sequential, every_segment  # noqa: E402
+from ckpt import every_segment  # noqa: E402
+from ckpt.torch_api import CheckpointedSequential, checkpoint_sequential  # noqa: E402
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
