@@ -190,16 +190,20 @@ class _Run:
         x_prev = self.current[1]
         self._note_peak(self.backend.temp_bytes(a, x_prev))
         out, tape = self.backend.forward(a.i, x_prev, keep)
-        if keep and self.tape_labels is not None:
-            names = {self.backend.storage(x_prev): f"x_{a.i - 1}", self.backend.storage(out): f"x_{a.i}"}
-            for k, v in enumerate(tape):
-                self.tape_labels[a.i, k] = names.get(self.backend.storage(v), f"item {k}")
         if keep:
+            if self.tape_labels is not None:
+                self._label_tape(a.i, x_prev, out, tape)
             self.tapes[a.i] = tape
             self.ledger.hold("tapes", *tape)
         del x_prev
         self._set_current(a.i, out)
         self.stats.forward_steps += 1
+
+    def _label_tape(self, i, x_prev, out, tape) -> None:
+        """Name tape i's items by the activation they are (for ``residuals``)."""
+        names = {self.backend.storage(x_prev): f"x_{i - 1}", self.backend.storage(out): f"x_{i}"}
+        for k, v in enumerate(tape):
+            self.tape_labels[i, k] = names.get(self.backend.storage(v), f"item {k}")
 
     def _save(self, a: Save) -> None:
         value = self.current[1]

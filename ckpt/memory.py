@@ -44,7 +44,7 @@ def peak_residuals(model, strategy="store_all", batch: int = 1, **options) -> li
 
 
 def print_peak_residuals(model, strategy="store_all", batch: int = 1, **options) -> None:
-    """Print ``peak_residuals`` as a table, largest groups first, with the total."""
+    """Print ``peak_residuals`` as a table (tapes, checkpoints, current, δ, gradients, in flight) and the total."""
     rows = peak_residuals(model, strategy, batch, **options)
     width = max(len(r.what) for r in rows)
     for r in rows:
