@@ -385,7 +385,7 @@ def write_report(args, results: list[dict], out: Path) -> None:
     text += ["## Machine",
              "",
              f"- CPU: {m['cpu']}; {m['logical_cpus']} logical CPUs, {m['usable_cpus']} usable by this process "
-             f"(shared with other jobs while it ran: timings are noisy, read the IQRs)",
+             f"(a shared machine: each section gives its load average; read the IQRs)",
              f"- {m['platform']}, Python {m['python']}",
              f"- numpy {m['numpy']} (BLAS: {m['numpy_blas']}); torch {m['torch']} (BLAS: {m['torch_blas']}, "
              f"CPU capability {m['torch_cpu_capability']})",
@@ -434,9 +434,9 @@ def notes(results) -> list[str]:
             "batch × depth activations outweigh the parameters (large batch, narrow layers).",
             "- **Threads.** Each section gives both engines the same thread count. The machine has 2 cores "
             "shared with other jobs: with 2 threads each BLAS call waits for its slower thread whenever another "
-            "job holds a core, so the 2-thread sections are far noisier (wide IQRs, absolute times several "
-            "times the 1-thread ones); read the 1-thread sections for the ratio and the paired-ratio IQR for "
-            "its spread.",
+            "job holds a core, so on a busy machine the 2-thread sections turn far noisier (wide IQRs, "
+            "absolute times above the 1-thread ones); the 1-thread sections are the steadier ratio, and the "
+            "paired-ratio IQR gives each section's spread.",
             "- tracemalloc counts every Python allocation, so the measured peak also holds the executor's "
             "own small Python objects (tens of KiB) that the prediction does not model.",
             ""]

@@ -20,6 +20,7 @@ def test_forward_step_closed_forms(n):
     s = ckpt.make_schedule("sqrt_n", n)
     assert s.forward_steps == 2 * n - (last[1] - last[0] + 1)
     assert s.backward_steps == n
+    assert ckpt.every_segment(n, math.ceil(math.sqrt(n))).validate().forward_steps == 2 * n
 
 
 @pytest.mark.parametrize("n", NS)
