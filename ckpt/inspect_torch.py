@@ -90,7 +90,7 @@ def saved_residuals(model, *inputs) -> list[StageResiduals]:
     stages = _stages(model)
     x = inputs[0] if len(inputs) == 1 else inputs
     buffers = [(b, b.detach().clone()) for _, s in stages if isinstance(s, nn.Module) for b in s.buffers()]
-    resident, earlier, report = _resident(stages), set(), []
+    resident, earlier, report = _resident(stages), {}, []
     needs = any(t.requires_grad for t in items(x) if isinstance(t, torch.Tensor))
     with torch.random.fork_rng(devices=_cuda_devices(x, stages)), torch.enable_grad():
         for i, (name, stage) in enumerate(stages, start=1):
@@ -112,7 +112,7 @@ def _one_stage(i, name, stage, x, needs, resident, earlier):
         key = storage_key(t)
         if key not in resident:
             saved.setdefault(key, t)
-        return t
+        return t.detach()          # not t: a saved output holding itself is a cycle only gc frees
 
     with saved_tensors_hooks(pack, lambda t: t):
         out = stage(rebuild(kind(x), inputs))
@@ -124,7 +124,8 @@ def _one_stage(i, name, stage, x, needs, resident, earlier):
     tensors = tuple(SavedTensor(tuple(t.shape), t.dtype, t.untyped_storage().nbytes(),
                                 reasons.get(key, "intermediate"), key not in earlier)
                     for key, t in saved.items())
-    earlier.update(saved)
+    earlier.update(saved)        # kept alive to the end, as a plain forward keeps them, so no
+    saved.clear()                # later stage reuses their storage; none left in pack's reach
     tape = sum(s.nbytes for s in tensors)
     new = sum(s.nbytes for s in tensors if s.new)
     plain = rebuild(kind(out), [o.detach() if isinstance(o, torch.Tensor) else o for o in items(out)])

@@ -250,7 +250,7 @@ def saved_tensor_counter():
         if key not in totals["seen"] and st.data_ptr() not in totals["exclude"]:
             totals["seen"].add(key)
             totals["bytes"] += st.nbytes()
-        return t
+        return t.detach()          # not t: a saved output holding itself is a cycle only gc frees
 
     return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), totals
 

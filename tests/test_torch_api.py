@@ -196,6 +196,27 @@ def test_eval_no_grad_prediction_keeps_no_tapes_and_matches():
     with torch.no_grad():
         assert torch.equal(out, plain(x))
 
+@pytest.mark.parametrize("strategy", ["store_all", "sqrt_n"])
+def test_a_forward_never_backwarded_is_freed_without_the_garbage_collector(strategy):
+    # In-place ReLU outputs are saved by their own node: a pack hook that handed
+    # autograd the tensor itself made a cycle, kept alive until gc ran.
+    import gc
+    import weakref
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(6, 6), nn.ReLU(inplace=True)) for _ in range(4)])
+    wrapped, outputs = CheckpointedSequential(model, strategy), []
+    for block in model:
+        block.register_forward_hook(lambda m, i, o: outputs.append(weakref.ref(o)))
+    gc.collect()
+    gc.disable()
+    try:
+        out = wrapped(torch.randn(3, 6))
+        del out
+        alive = [r for r in outputs if r() is not None]
+    finally:
+        gc.enable()
+    assert len(outputs) == 4 and alive == []
+
+
 
 class Split(nn.Module):
     def forward(self, x):

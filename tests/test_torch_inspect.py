@@ -26,6 +26,22 @@ def test_linear_relu_stage_saves_its_input_and_output():
     assert ckpt.saved_bytes(relu_mlp(3, w), torch.randn(b, w)) == [2 * act] * 3
 
 
+def test_inspection_leaves_no_graph_for_the_garbage_collector():
+    import gc
+    import weakref
+    model, outputs = relu_mlp(3, 8), []
+    for block in model:
+        block.register_forward_hook(lambda m, i, o: outputs.append(weakref.ref(o)))
+    gc.collect()
+    gc.disable()
+    try:
+        ckpt.saved_residuals(model, torch.randn(4, 8))
+        alive = [r for r in outputs if r() is not None]
+    finally:
+        gc.enable()
+    assert len(outputs) == 3 and alive == []
+
+
 def test_parameters_and_buffers_are_not_counted_and_model_is_left_unchanged():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.5))

@@ -191,16 +191,14 @@ class TorchBackend:
 
     def _taped(self, i, stage, x):
         need, last, self.last = self.input_needs_grad[i - 1], self.last, None
-        held = {}
+        held, resident, outer = {}, self.resident, self.outer_hooks
 
-        outer = self.outer_hooks
-
-        def pack(t):
+        def pack(t):          # autograd keeps it with the graph: it must not refer to the backend
             st = t.untyped_storage()
             key = (t.get_device(), st.data_ptr())          # storage_key(t), one storage lookup
-            if key not in held and key not in self.resident:
+            if key not in held and key not in resident:
                 held[key] = Held(key, st.nbytes())
-            return t if outer is None else outer[0](t)
+            return t.detach() if outer is None else outer[0](t)     # see _unpack
 
         chained = i in self.chained and last is not None and last[0] == i - 1 and last[1] is x
         with torch.enable_grad():
@@ -328,6 +326,9 @@ class TorchBackend:
 
 
 def _unpack(t):
+    """The saved tensor back.  Packs hand autograd ``t.detach()``, not t: a saved output
+    (ReLU's, say) that held itself would make a cycle through its own grad_fn, and
+    its graph would outlive the step until Python's garbage collector ran."""
     return t
 
 
