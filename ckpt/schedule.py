@@ -40,6 +40,7 @@ and end with no tape and no checkpoint left.  A *prediction* schedule has only
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterable, Iterator
 
 
@@ -235,17 +236,17 @@ class Schedule:
         """How many actions are of the given types."""
         return sum(isinstance(a, kinds) for a in self.actions)
 
-    @property
+    @cached_property          # immutable: computed once (cached_property bypasses frozen)
     def forward_steps(self) -> int:
         """Stage evaluations, taped or not."""
         return self.count(Forward, ForwardTape)
 
-    @property
+    @cached_property
     def backward_steps(self) -> int:
         """Stage backward evaluations."""
         return self.count(Backward)
 
-    @property
+    @cached_property
     def is_training(self) -> bool:
         """True when the schedule evaluates the loss (and so backwards)."""
         return any(isinstance(a, Loss) for a in self.actions)

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from contextlib import ExitStack
+from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torch import nn
@@ -96,23 +98,27 @@ class CheckpointedSequential(nn.Sequential):
         self.strategy, self.options = strategy, options
         self.preserve_rng_state = preserve_rng_state
         self.last_stats: Stats | None = None
-        self._schedule: Schedule | None = None
+        self._plan: _Plan | None = None
         self.schedule          # build now: a bad strategy or option fails here, not mid-training
 
     @property
     def schedule(self) -> Schedule:
         """The validated schedule for the current number of stages."""
-        if self._schedule is None or self._schedule.n != len(self):
-            self._schedule = make_schedule(self.strategy, len(self), **self.options)
-            if not self._schedule.is_training:
+        return self._current_plan().schedule
+
+    def _current_plan(self) -> "_Plan":
+        if self._plan is None or self._plan.schedule.n != len(self):
+            schedule = make_schedule(self.strategy, len(self), **self.options)
+            if not schedule.is_training:
                 raise ValueError(f"ckpt.torch: strategy {self.strategy!r} built a prediction "
                                  f"schedule (no Loss()); a CheckpointedSequential needs a training one")
-        return self._schedule
+            self._plan = _Plan.of(schedule)
+        return self._plan
 
     def forward(self, *inputs):
         """x_n for input(s) x_0 (several inputs arrive at stage 1 as one tuple)."""
         x = inputs[0] if len(inputs) == 1 else inputs
-        return run_chain(list(self), self.schedule, x, self.preserve_rng_state, self)
+        return _run_plan(list(self._modules.values()), self._current_plan(), x, self.preserve_rng_state, self)
 
     def extra_repr(self) -> str:
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
@@ -132,21 +138,42 @@ def checkpoint_sequential(functions, segments: int, input, use_reentrant=None,
     stages = list(_as_modules(functions).values())
     if not isinstance(segments, int) or isinstance(segments, bool) or segments < 1:
         raise ValueError(f"ckpt.checkpoint_sequential: segments must be an int ≥ 1, got {segments!r}")
-    return run_chain(stages, every_segment(len(stages), segments).validate(), input, preserve_rng_state)
+    return _run_plan(stages, _segments_plan(len(stages), segments), input, preserve_rng_state)
+
+
+@lru_cache(maxsize=64)
+def _segments_plan(n: int, segments: int) -> "_Plan":
+    return _Plan.of(every_segment(n, segments).validate())
 
 
 # ------------------------------------------------------------------ implementation
 
 def run_chain(stages: list, schedule: Schedule, x, preserve_rng_state: bool = True, owner=None):
     """x_n of the chain; when autograd needs it, a step that follows ``schedule``."""
+    return _run_plan(stages, _Plan.of(schedule.validate()), x, preserve_rng_state, owner)
+
+
+def _run_plan(stages: list, plan: "_Plan", x, preserve_rng_state: bool, owner=None):
     params, per_stage, resident, norms = _scan(stages)
     tensors = [t for t in items(x) if isinstance(t, torch.Tensor)]
     if not torch.is_grad_enabled() or not (params or any(t.requires_grad for t in tensors)):
         for stage in stages:
             x = stage(x)
         return x
-    call = _Call(stages, schedule, x, params, per_stage, resident, norms, preserve_rng_state, owner)
+    call = _Call(stages, plan, x, params, per_stage, resident, norms, preserve_rng_state, owner)
     return _ChainFunction.apply(call, *tensors, *params)
+
+
+def _submodules(module: nn.Module) -> list:
+    """``module`` and every module below it, each once (``modules()`` without its generators)."""
+    out, seen, k = [module], {id(module)}, 0
+    while k < len(out):
+        for child in out[k]._modules.values():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                out.append(child)
+        k += 1
+    return out
 
 
 def _scan(stages) -> tuple[list, list, frozenset, list]:
@@ -158,7 +185,7 @@ def _scan(stages) -> tuple[list, list, frozenset, list]:
     index, params, per_stage, resident, norms = {}, [], [], set(), []
     for stage in stages:
         mine, seen, stage_norms = [], set(), []
-        for m in (stage.modules() if isinstance(stage, nn.Module) else ()):
+        for m in (_submodules(stage) if isinstance(stage, nn.Module) else ()):
             if isinstance(m, _NormBase) and m.training and m.track_running_stats:
                 stage_norms.append(m)
             for b in m._buffers.values():
@@ -231,13 +258,41 @@ def _joint_backwards(schedule: Schedule) -> tuple[frozenset, dict]:
     return frozenset(chained), fuse
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """A schedule and what the torch backend derives from it, computed once per schedule."""
+
+    schedule: Schedule
+    split: int                 # actions[:split] run in autograd's forward, the rest in its backward
+    recomputed: frozenset
+    replay_starts: frozenset
+    chained: frozenset
+    fuse: dict
+
+    @staticmethod
+    def of(schedule: Schedule) -> "_Plan":
+        """The plan of a validated training schedule (kept for the last few schedules seen)."""
+        plan = _PLANS.get(id(schedule))
+        if plan is None or plan.schedule is not schedule:
+            chained, fuse = _joint_backwards(schedule)
+            plan = _Plan(schedule, schedule.actions.index(Loss()), _recomputed(schedule),
+                         _replay_starts(schedule), chained, fuse)
+            if len(_PLANS) >= 64:
+                _PLANS.pop(next(iter(_PLANS)))
+            _PLANS[id(schedule)] = plan      # the plan holds the schedule, so its id stays unique
+        return plan
+
+
+_PLANS: dict[int, _Plan] = {}
+
+
 class _Call:
     """One training step of a chain: the executor's state between forward and backward."""
 
-    def __init__(self, stages, schedule, x, params, per_stage, resident, norms, preserve_rng, owner):
-        self.schedule, self.x, self.owner = schedule, x, owner
+    def __init__(self, stages, plan: _Plan, x, params, per_stage, resident, norms, preserve_rng, owner):
+        self.schedule, self.x, self.owner = plan.schedule, x, owner
         self.x_is_tensor = [isinstance(t, torch.Tensor) for t in items(x)]
-        self.split = schedule.actions.index(Loss())
+        self.split = plan.split
         needs = any(t.requires_grad for t in items(x) if isinstance(t, torch.Tensor))
         input_needs = []
         for ps in per_stage:
@@ -247,11 +302,10 @@ class _Call:
         self.cuda_devices = tuple(sorted(d.index or 0 for d in devices if d.type == "cuda"))
         self.n_params, self.autocast = len(params), _autocast_state()
         self.upstream = Upstream()
-        chained, fuse = _joint_backwards(schedule)
         self.backend = TorchBackend(stages, per_stage, input_needs, resident=resident,
-                                    recomputed=_recomputed(schedule), replay_starts=_replay_starts(schedule),
+                                    recomputed=plan.recomputed, replay_starts=plan.replay_starts,
                                     preserve_rng=preserve_rng,
-                                    cuda_devices=self.cuda_devices, chained=chained, fuse=fuse,
+                                    cuda_devices=self.cuda_devices, chained=plan.chained, fuse=plan.fuse,
                                     norms=norms, outer_hooks=outer_saved_hooks())
         self.run = None
 
