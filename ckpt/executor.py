@@ -113,13 +113,24 @@ class _Ledger:
                 entry[2] = new
 
 
+class _NoLedger:
+    """A ledger that counts nothing: for callers that want speed, not bytes (peaks stay 0)."""
+
+    totals, live = (0,) * len(GROUPS), 0
+
+    def hold(self, group: str, *values) -> None:
+        pass
+
+    release = hold
+
+
 class _Run:
     """The state of one execution; one handler per action type."""
 
-    def __init__(self, schedule: Schedule, backend, x, y, explain: bool = False):
+    def __init__(self, schedule: Schedule, backend, x, y, explain: bool = False, account: bool = True):
         self.n, self.backend, self.y, self.k = schedule.n, backend, y, 0
         self.tape_labels = {} if explain else None
-        self.ledger = _Ledger(backend)
+        self.ledger = _Ledger(backend) if account else _NoLedger()
         self.current, self.checkpoints, self.tapes = (0, x), {}, {}
         self.delta, self.grads, self.loss = None, [None] * schedule.n, None
         self.stats, self._peak_totals = Stats(), None
@@ -269,11 +280,12 @@ def execute(schedule: Schedule, backend, x, y=None) -> Result:
     return start(schedule, backend, x, y).run(schedule)
 
 
-def start(schedule: Schedule, backend, x, y=None, explain: bool = False) -> _Run:
+def start(schedule: Schedule, backend, x, y=None, explain: bool = False, account: bool = True) -> _Run:
     """Check and set up a run that the caller steps through in parts (``run.steps(actions)``).
 
     For callers that cannot run a schedule in one go: the torch wrappers run the
     actions before ``Loss()`` in autograd's forward and the rest in its backward.
+    ``account=False`` skips the byte ledger (Stats then has step counts only).
     """
     if not isinstance(schedule, Schedule):
         raise TypeError(f"executor: expected a ckpt.Schedule, got {type(schedule).__name__}")
@@ -281,4 +293,4 @@ def start(schedule: Schedule, backend, x, y=None, explain: bool = False) -> _Run
     if schedule.is_training and y is None:
         raise ValueError("executor: a training schedule needs targets y (got y=None)")
     backend.check_inputs(schedule.n, x, y if schedule.is_training else None)
-    return _Run(schedule, backend, x, y, explain)
+    return _Run(schedule, backend, x, y, explain, account)

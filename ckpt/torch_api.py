@@ -90,13 +90,15 @@ class CheckpointedSequential(nn.Sequential):
     ``(n, **options) -> Schedule``; ``options`` go to it (e.g. ``segments=4``).
     Each top-level module is one stage.  State-dict keys are those of the
     ``nn.Sequential`` it wraps.  After each backward, ``last_stats`` holds the
-    executor's counts (forward steps, peak saved bytes as torch keeps them).
+    executor's step counts and, with ``track_memory=True``, its byte peaks (peak
+    saved bytes as torch keeps them), counted at a cost of a few µs per stage.
     """
 
-    def __init__(self, modules, strategy="sqrt_n", preserve_rng_state: bool = True, **options):
+    def __init__(self, modules, strategy="sqrt_n", preserve_rng_state: bool = True,
+                 track_memory: bool = False, **options):
         super().__init__(_as_modules(modules))
         self.strategy, self.options = strategy, options
-        self.preserve_rng_state = preserve_rng_state
+        self.preserve_rng_state, self.track_memory = preserve_rng_state, track_memory
         self.last_stats: Stats | None = None
         self._plan: _Plan | None = None
         self.schedule          # build now: a bad strategy or option fails here, not mid-training
@@ -118,7 +120,8 @@ class CheckpointedSequential(nn.Sequential):
     def forward(self, *inputs):
         """x_n for input(s) x_0 (several inputs arrive at stage 1 as one tuple)."""
         x = inputs[0] if len(inputs) == 1 else inputs
-        return _run_plan(list(self._modules.values()), self._current_plan(), x, self.preserve_rng_state, self)
+        return _run_plan(list(self._modules.values()), self._current_plan(), x, self.preserve_rng_state, self,
+                         self.track_memory)
 
     def extra_repr(self) -> str:
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
@@ -148,19 +151,20 @@ def _segments_plan(n: int, segments: int) -> "_Plan":
 
 # ------------------------------------------------------------------ implementation
 
-def run_chain(stages: list, schedule: Schedule, x, preserve_rng_state: bool = True, owner=None):
+def run_chain(stages: list, schedule: Schedule, x, preserve_rng_state: bool = True, owner=None,
+              track_memory: bool = False):
     """x_n of the chain; when autograd needs it, a step that follows ``schedule``."""
-    return _run_plan(stages, _Plan.of(schedule.validate()), x, preserve_rng_state, owner)
+    return _run_plan(stages, _Plan.of(schedule.validate()), x, preserve_rng_state, owner, track_memory)
 
 
-def _run_plan(stages: list, plan: "_Plan", x, preserve_rng_state: bool, owner=None):
+def _run_plan(stages: list, plan: "_Plan", x, preserve_rng_state: bool, owner=None, track_memory=False):
     params, per_stage, resident, norms = _scan(stages)
     tensors = [t for t in items(x) if isinstance(t, torch.Tensor)]
     if not torch.is_grad_enabled() or not (params or any(t.requires_grad for t in tensors)):
         for stage in stages:
             x = stage(x)
         return x
-    call = _Call(stages, plan, x, params, per_stage, resident, norms, preserve_rng_state, owner)
+    call = _Call(stages, plan, x, params, per_stage, resident, norms, preserve_rng_state, owner, track_memory)
     return _ChainFunction.apply(call, *tensors, *params)
 
 
@@ -289,8 +293,9 @@ _PLANS: dict[int, _Plan] = {}
 class _Call:
     """One training step of a chain: the executor's state between forward and backward."""
 
-    def __init__(self, stages, plan: _Plan, x, params, per_stage, resident, norms, preserve_rng, owner):
-        self.schedule, self.x, self.owner = plan.schedule, x, owner
+    def __init__(self, stages, plan: _Plan, x, params, per_stage, resident, norms, preserve_rng, owner,
+                 track_memory):
+        self.schedule, self.x, self.owner, self.track_memory = plan.schedule, x, owner, track_memory
         self.x_is_tensor = [isinstance(t, torch.Tensor) for t in items(x)]
         self.split = plan.split
         needs = any(t.requires_grad for t in items(x) if isinstance(t, torch.Tensor))
@@ -306,11 +311,11 @@ class _Call:
                                     recomputed=plan.recomputed, replay_starts=plan.replay_starts,
                                     preserve_rng=preserve_rng,
                                     cuda_devices=self.cuda_devices, chained=plan.chained, fuse=plan.fuse,
-                                    norms=norms, outer_hooks=outer_saved_hooks())
+                                    norms=norms, outer_hooks=outer_saved_hooks(), count_bytes=track_memory)
         self.run = None
 
     def forward(self):
-        self.run = start(self.schedule, self.backend, self.x, self.upstream)
+        self.run = start(self.schedule, self.backend, self.x, self.upstream, account=self.track_memory)
         self.x = None
         self.run.steps(self.schedule.actions[:self.split])
         return self.run.current[1]

@@ -77,7 +77,7 @@ def test_print_saved_residuals(capsys):
 def test_ledger_saved_bytes_equal_symbolic_prediction_on_relu_mlp(strategy):
     """The executor counts torch's real saves; on Linear+ReLU they are the numpy model's tapes."""
     depth, width, batch = 9, 16, 8
-    model = CheckpointedSequential(relu_mlp(depth, width), strategy=strategy)
+    model = CheckpointedSequential(relu_mlp(depth, width), strategy=strategy, track_memory=True)
     model(torch.randn(batch, width)).square().mean().backward()
     chain = ckpt.MLP([width] * (depth + 1), activation="relu", output_activation="relu", dtype="float32")
     predicted = ckpt.predict_memory(chain, strategy, batch=batch)
@@ -90,7 +90,7 @@ def test_store_all_saves_what_plain_torch_saves_on_a_transformer():
     blocks = [nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True) for _ in range(3)]
     x = torch.randn(2, 5, 8)
     plain = sum(r.new_bytes for r in ckpt.saved_residuals(blocks, x))
-    model = CheckpointedSequential(blocks, strategy="store_all")
+    model = CheckpointedSequential(blocks, strategy="store_all", track_memory=True)
     model(x).sum().backward()
     first_input = 2 * 5 * 8 * 4
     saved_input = any(t.reason == "input x_0" for t in ckpt.saved_residuals(blocks, x)[0].tensors)

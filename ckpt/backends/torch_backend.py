@@ -11,7 +11,9 @@ A tape is ``(graph, *held)``: ``graph`` keeps the stage's input and output
 edges (not the tensors), ``held`` is one ``Held`` record per storage the stage
 keeps alive for its backward (what ``saved_tensors_hooks`` sees), parameters
 and buffers left out.  The executor's ledger counts them, each storage once,
-so ``Stats`` reports the bytes torch really keeps.  The stage's input enters
+so ``Stats`` reports the bytes torch really keeps.  That counting is optional
+(``count_bytes``): a Python pack hook on every saved tensor makes a small
+stage's forward about twice as slow, so the wrappers count only when asked.  The stage's input enters
 the graph through ``entry``, not as a leaf, so it is kept only if an op saves
 it — as in plain torch.
 
@@ -32,7 +34,7 @@ no gradient).  ``Loss()`` on this backend means "hand x_n to the caller and take
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -153,6 +155,7 @@ class TorchBackend:
     preserve_rng: bool = True
     cuda_devices: tuple = ()
     outer_hooks: tuple | None = None   # the caller's saved-tensor hooks (e.g. save_on_cpu): ours call them
+    count_bytes: bool = True           # tapes list what they hold (Held); off, a tape is its graph alone
     chained: frozenset = frozenset()   # stages whose ForwardTape directly follows ForwardTape(i-1)
     fuse: dict = field(default_factory=dict)  # Backward(j) → k: Backward(j), .., Backward(k) in a row
     runs: dict = field(default_factory=dict)
@@ -184,14 +187,48 @@ class TorchBackend:
             return self._run(i, stage, x, keep_tape)
 
     def _run(self, i, stage, x, keep_tape):
-        if not keep_tape:
+        if keep_tape:
+            return self._taped(i, stage, x)
+        if torch.is_grad_enabled():     # autograd runs the wrapper's forward and backward without grad
             with torch.no_grad():
                 return stage(x), None
-        return self._taped(i, stage, x)
+        return stage(x), None
 
     def _taped(self, i, stage, x):
-        need, last, self.last = self.input_needs_grad[i - 1], self.last, None
-        held, resident, outer = {}, self.resident, self.outer_hooks
+        last, self.last, held = self.last, None, {}
+        chained = i in self.chained and last is not None and last[0] == i - 1 and last[1] is x
+        container = kind(x)
+        with torch.enable_grad(), self._hooks(held):
+            if chained:       # continue stage i-1's graph: no entry node, one backward can span both
+                inputs, in_edges = [last[2]], [last[3]]
+            else:
+                inputs, in_edges = self._graph_inputs(i, x)
+            out = stage(inputs[0] if container is None else rebuild(container, inputs))
+        if isinstance(out, torch.Tensor):
+            edges, plain = [self._edge(out, inputs)], out.detach()
+        else:
+            edges = [self._edge(o, inputs) for o in items(out)]
+            plain = rebuild(kind(out), [o.detach() if isinstance(o, torch.Tensor) else o for o in items(out)])
+        graph = _Graph(container, in_edges, edges, self.params[i - 1], chained)
+        if graph.simple:
+            self.last = (i, plain, out, edges[0])
+        self.graphs[i] = graph
+        return plain, (graph, *held.values())
+
+    def _graph_inputs(self, i, x):
+        """x's items as the start of stage i's graph, and their gradient edges (None: no gradient)."""
+        need = self.input_needs_grad[i - 1]
+        inputs = [entry(t) if need and _floating(t) else t.detach() if isinstance(t, torch.Tensor)
+                  else t for t in items(x)]
+        return inputs, [get_gradient_edge(t) if isinstance(t, torch.Tensor) and t.requires_grad else None
+                        for t in inputs]
+
+    def _hooks(self, held: dict):
+        """Saved-tensor hooks for one taped stage: count what it saves into ``held`` (when
+        counting bytes) and apply the caller's hooks (also when recomputing in backward)."""
+        resident, outer = self.resident, self.outer_hooks
+        if not self.count_bytes:
+            return nullcontext() if outer is None else saved_tensors_hooks(*outer)
 
         def pack(t):          # autograd keeps it with the graph: it must not refer to the backend
             st = t.untyped_storage()
@@ -200,24 +237,7 @@ class TorchBackend:
                 held[key] = Held(key, st.nbytes())
             return t.detach() if outer is None else outer[0](t)     # see _unpack
 
-        chained = i in self.chained and last is not None and last[0] == i - 1 and last[1] is x
-        with torch.enable_grad():
-            if chained:       # continue stage i-1's graph: no entry node, one backward can span both
-                inputs, in_edges = [last[2]], [_edge_of(last[2])]
-            else:
-                inputs = [entry(t) if need and _floating(t) else t.detach() if isinstance(t, torch.Tensor)
-                          else t for t in items(x)]
-                in_edges = [get_gradient_edge(t) if isinstance(t, torch.Tensor) and t.requires_grad else None
-                            for t in inputs]
-            with saved_tensors_hooks(pack, _unpack if outer is None else outer[1]):
-                out = stage(rebuild(kind(x), inputs))
-        graph = _Graph(kind(x), in_edges, [self._edge(o, inputs) for o in items(out)], self.params[i - 1],
-                       chained)
-        plain = rebuild(kind(out), [o.detach() if isinstance(o, torch.Tensor) else o for o in items(out)])
-        if graph.simple:
-            self.last = (i, plain, out)
-        self.graphs[i] = graph
-        return plain, (graph, *held.values())
+        return saved_tensors_hooks(pack, _unpack if outer is None else outer[1])
 
     @staticmethod
     def _edge(o, inputs):
