@@ -6,9 +6,19 @@
 Per workload, every method runs on the same modules (same parameters), in
 interleaved rounds (plain, torch, ours, …, then again), so drift in a shared
 machine's speed hits all methods alike; each time is the median of the rounds
-after warm-up.  A plain training forward (graph recorded, no backward) is timed
-in the same rounds: "overhead / recomputed forward time" is
-(step − plain step) / (recomputed forward steps / n × that forward).  Memory:
+after warm-up.  Methods too slow for every round (recompute on deep chains) are
+timed after the rounds, so that they do not disturb them.  A plain training
+forward (graph recorded, no backward) is timed in the same rounds: "overhead /
+recomputed forward time" is (step − plain step) / (recomputed forward steps / n
+× that forward).  Ours run as users run them, without byte counting
+(``track_memory=False``); a second instance with it on gives the saved bytes.
+
+On CPU the script re-runs itself with glibc told to keep freed memory
+(``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``), as CUDA's caching
+allocator does.  Otherwise a step's fresh allocations fault in from the kernel
+again (60 000 page faults per plain step on the MLP) by an amount that depends on
+which method ran before, and times swing by 10–25%.  ``--system-malloc`` keeps
+glibc's defaults.  Memory:
 
 * ``peak_alloc``: peak bytes allocated above the resting state during one step
   (CPU: the profiler's allocator events; CUDA: ``max_memory_allocated``).
@@ -26,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -38,17 +49,20 @@ import torch.utils.checkpoint as tuc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ckpt  # noqa: E402
 from ckpt.torch_api import CheckpointedSequential  # noqa: E402
+from profiling.workloads import he_linear  # noqa: E402
 
 MiB = 2 ** 20
 FORWARD = "plain_forward"      # timed in the same rounds: the unit of recomputation
+KEEP_FREED = ("MALLOC_TRIM_THRESHOLD_", str(2 ** 40))    # glibc never returns freed heap to the kernel
+KEEP_HEAP = ("MALLOC_MMAP_THRESHOLD_", str(2 ** 25))     # blocks up to 32 MiB (its maximum) from the heap
 
 
 # ------------------------------------------------------------------ workloads
 
 def mlp(depth, width, batch, device, dtype=torch.float32):
-    """Linear+ReLU blocks (ReLU in place), one block per stage."""
+    """Linear+ReLU blocks (ReLU in place, He init), one block per stage."""
     torch.manual_seed(0)
-    model = nn.Sequential(*[nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True))
+    model = nn.Sequential(*[nn.Sequential(he_linear(torch, width), nn.ReLU(inplace=True))
                             for _ in range(depth)]).to(device, dtype)
     return model, torch.randn(batch, width, device=device, dtype=dtype)
 
@@ -64,6 +78,7 @@ def transformer(blocks, d, heads, ff, batch, seq, device, dtype=torch.float32):
 WORKLOADS = {
     "cpu": {
         "mlp_d256_w512_b128": lambda dev: mlp(256, 512, 128, dev),
+        "mlp_d256_w64_b8_overhead_bound": lambda dev: mlp(256, 64, 8, dev),
         "transformer_12x_d256_s128_b8": lambda dev: transformer(12, 256, 4, 1024, 8, 128, dev),
     },
     "cuda": {
@@ -77,16 +92,18 @@ WORKLOADS = {
 # ------------------------------------------------------------------ methods
 
 def methods(model, n):
-    """name → (function x ↦ output, forward steps); all share ``model``'s modules."""
+    """name → (function x ↦ output, forward steps), and ours with byte counting; all share ``model``'s modules."""
     k = math.ceil(math.sqrt(n))
-    ours = {s: CheckpointedSequential(model, strategy=s) for s in ("store_all", "sqrt_n", "recompute")}
+    strategies = ("store_all", "sqrt_n", "recompute")
+    ours = {s: CheckpointedSequential(model, strategy=s) for s in strategies}
+    counting = {s: CheckpointedSequential(model, strategy=s, track_memory=True) for s in strategies}
     return {
         "plain": (model, n),
         "torch_checkpoint_sequential": (
             lambda x: tuc.checkpoint_sequential(model, k, x, use_reentrant=False),
             n + (n // k) * (k - 1)),
         **{f"ours_{s}": (m, m.schedule.forward_steps) for s, m in ours.items()},
-    }, ours
+    }, counting
 
 
 def step(fn, model, x):
@@ -103,25 +120,32 @@ def sync(device):
 
 
 def time_rounds(fns, model, x, device, rounds, warmup, slow_rounds, slow):
-    """Median step time per method over interleaved rounds."""
+    """Median step time per method: interleaved rounds for most, then ``slow`` ones on their own."""
     times = {name: [] for name in fns}
+    fast = [name for name in fns if name not in slow]
     for r in range(warmup + rounds):
-        order = list(fns) if r % 2 == 0 else list(reversed(fns))
-        for name in order:
-            if name in slow and not warmup <= r < warmup + slow_rounds:
-                continue                 # warm already (shared modules); too slow for every round
-            sync(device)
-            t0 = time.perf_counter()
-            if name == FORWARD:
-                out = model(x)                   # a plain training forward (graph recorded), no backward
-                sync(device)
-                del out
-            else:
-                step(fns[name], model, x)
-            sync(device)
+        for name in (fast if r % 2 == 0 else fast[::-1]):
+            elapsed = time_one(fns[name], model, x, device)
             if r >= warmup:
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(elapsed)
+    for name in slow:
+        time_one(fns[name], model, x, device)            # its warm-up
+        times[name] = [time_one(fns[name], model, x, device) for _ in range(slow_rounds)]
     return {name: (statistics.median(ts), len(ts)) for name, ts in times.items()}
+
+
+def time_one(fn, model, x, device) -> float:
+    """Seconds for one training step of ``fn`` (None: a plain training forward, no backward)."""
+    sync(device)
+    t0 = time.perf_counter()
+    if fn is None:
+        out = model(x)                   # the graph is recorded, as in a training step
+        sync(device)
+        del out
+    else:
+        step(fn, model, x)
+    sync(device)
+    return time.perf_counter() - t0
 
 
 def peak_alloc(fn, model, x, device):
@@ -191,25 +215,27 @@ def bench(device, rounds, warmup, slow_rounds, only=None, skip=()):
             continue
         model, x = build(device)
         n = len(model)
-        fns, ours = methods(model, n)
+        fns, counting = methods(model, n)
         for name in skip:
             fns.pop(name, None)
         slow = {"ours_recompute"} if n > 64 else set()
         print(f"[{wname}] n={n}, timing {rounds} rounds ({slow_rounds} for {sorted(slow)})", flush=True)
         times = time_rounds({FORWARD: None, **{k: v[0] for k, v in fns.items()}}, model, x, device,
-                            rounds, warmup, slow_rounds, slow)
+                            rounds, warmup, slow_rounds, slow & set(fns))
         t_fwd = times.pop(FORWARD)[0]
         saved = {"plain": plain_saved(model, x)}
         for name, (fn, steps) in fns.items():
             mem = None if name in slow else peak_alloc(fn, model, x, device)
             held = held_after_forward(fn, model, x, device)
             if name.startswith("ours_"):
-                saved[name] = ours[name.removeprefix("ours_")].last_stats.peak_saved_bytes
+                ours = counting[name.removeprefix("ours_")]
+                step(ours, model, x)
+                saved[name] = ours.last_stats.peak_saved_bytes
             rows.append(dict(workload=wname, n=n, method=name, forward_steps=steps,
                              time_s=times[name][0], rounds=times[name][1], peak_alloc_bytes=mem,
                              saved_bytes=saved.get(name), held_bytes=held, plain_forward_s=t_fwd))
             print(f"  {name:30s} {times[name][0]:8.4f} s  peak {(mem or 0) / MiB:9.1f} MiB", flush=True)
-        del model, x, fns, ours
+        del model, x, fns, counting
     return rows
 
 
@@ -222,6 +248,7 @@ def derive(rows):
         g = g.set_index("method")
         plain, n, t_fwd = g.loc["plain", "time_s"], g.loc["plain", "n"], g.loc["plain", "plain_forward_s"]
         g["vs_plain"] = g["time_s"] / plain
+        g["extra_us_per_stage"] = (g["time_s"] - plain) / n * 1e6
         g["recomputed_steps"] = g["forward_steps"] - n
         g["overhead_per_recomputed_forward"] = ((g["time_s"] - plain)
                                                 / (g["recomputed_steps"] / n * t_fwd)).where(g["recomputed_steps"] > 0)
@@ -232,19 +259,34 @@ def derive(rows):
     return pd.concat(out)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), or the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "unknown CPU"
+
+
 def markdown(df, device, command) -> str:
     lines = [f"# Torch checkpointing benchmark ({device})", "",
              f"Reproduce: `{command}`", "",
-             f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}"
              + (f", {torch.cuda.get_device_name()}" if device == "cuda" else "") + ". "
-             "Times are medians of interleaved rounds after warm-up (`rounds` column); "
-             "ratios come from the same run.", ""]
+             "Times are medians of interleaved rounds after warm-up (`rounds` column; recompute on "
+             "deep chains is timed after the rounds); ratios come from the same run. glibc: "
+             + (", ".join(f"{k}={os.environ[k]}" for k, _ in (KEEP_FREED, KEEP_HEAP) if k in os.environ)
+                or "defaults") + ".", ""]
     for w, g in df.groupby("workload", sort=False):
         t_fwd = g["plain_forward_s"].iloc[0]
         lines += [f"## {w} (n = {g['n'].iloc[0]} stages; plain training forward {t_fwd:.4f} s)", "",
-                  "| method | forward steps | step time (s) | × plain | overhead / recomputed forward time "
+                  "| method | forward steps | step time (s) | × plain | µs per stage over plain "
+                  "| overhead / recomputed forward time "
                   "| peak allocated (MiB) | saved for backward at peak (MiB) | held after forward (MiB) |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for _, r in g.iterrows():
             over = "" if r["overhead_per_recomputed_forward"] != r["overhead_per_recomputed_forward"] \
                 else f"{r['overhead_per_recomputed_forward']:.2f}"
@@ -253,7 +295,8 @@ def markdown(df, device, command) -> str:
             saved = "—" if r["saved_bytes"] is None or r["saved_bytes"] != r["saved_bytes"] \
                 else f"{r['saved_bytes'] / MiB:.1f}"
             lines.append(f"| {r['method']} | {r['forward_steps']} | {r['time_s']:.4f} ({r['rounds']}) "
-                         f"| {r['vs_plain']:.3f} | {over} | {peak} | {saved} | {r['held_bytes'] / MiB:.1f} |")
+                         f"| {r['vs_plain']:.3f} | {r['extra_us_per_stage']:.1f} | {over} | {peak} | {saved} "
+                         f"| {r['held_bytes'] / MiB:.1f} |")
         s = g.set_index("method")
         lines += ["", f"ours_sqrt_n / torch_checkpoint_sequential time: "
                       f"**{s.loc['ours_sqrt_n', 'sqrt_n_vs_torch']:.3f}**; "
@@ -276,7 +319,11 @@ def main(argv=None):
     ap.add_argument("--skip", nargs="*", default=[], help="methods to leave out, e.g. ours_recompute")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=None, help="report folder (default reports/torch_<cpu|gpu>)")
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="CPU: keep glibc's default trim/mmap thresholds (page faults then swing the times)")
     args = ap.parse_args(argv)
+    if args.device == "cpu" and not args.system_malloc and argv is None and os.environ.get(KEEP_FREED[0]) is None:
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **dict([KEEP_FREED, KEEP_HEAP])})
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_torch: --device cuda needs a CUDA GPU, none is visible; run with --device cpu")
     out = Path(args.out or f"reports/torch_{'gpu' if args.device == 'cuda' else 'cpu'}")
