@@ -19,7 +19,8 @@ the number of stages means one stage per segment, recomputation replays the RNG
 (dropout masks match) and does not update BatchNorm running statistics again
 (pytorch#96136), and the model may take and pass tuples of tensors.
 Saved-tensor hooks in force at the forward (``torch.autograd.graph.save_on_cpu``
-and the like) apply to every tape, recomputed ones included.
+and the like) apply to every tape, recomputed ones included.  The wrappers add
+no hooks of their own unless asked to count bytes (``track_memory=True``).
 
 Limits of one autograd Function: parameter gradients reach autograd when the
 chain's backward ends, so with gradients already present
@@ -158,7 +159,7 @@ def run_chain(stages: list, schedule: Schedule, x, preserve_rng_state: bool = Tr
 
 
 def _run_plan(stages: list, plan: "_Plan", x, preserve_rng_state: bool, owner=None, track_memory=False):
-    params, per_stage, resident, norms = _scan(stages)
+    params, per_stage, resident, norms = _scan(stages, track_memory)
     tensors = [t for t in items(x) if isinstance(t, torch.Tensor)]
     if not torch.is_grad_enabled() or not (params or any(t.requires_grad for t in tensors)):
         for stage in stages:
@@ -180,9 +181,10 @@ def _submodules(module: nn.Module) -> list:
     return out
 
 
-def _scan(stages) -> tuple[list, list, frozenset, list]:
+def _scan(stages, with_resident: bool) -> tuple[list, list, frozenset, list]:
     """Parameters requiring grad (each once); per stage its (index, parameter) pairs; resident
-    storages; per stage its norm layers that track running statistics.
+    storages (parameters and buffers, when asked: only byte counting needs them); per stage
+    its norm layers that track running statistics.
 
     One walk over each stage's modules: this runs every step.
     """
@@ -192,14 +194,13 @@ def _scan(stages) -> tuple[list, list, frozenset, list]:
         for m in (_submodules(stage) if isinstance(stage, nn.Module) else ()):
             if isinstance(m, _NormBase) and m.training and m.track_running_stats:
                 stage_norms.append(m)
-            for b in m._buffers.values():
-                if b is not None:
-                    resident.add(storage_key(b))
+            if with_resident:
+                resident.update(storage_key(t) for t in (*m._buffers.values(), *m._parameters.values())
+                                if t is not None)
             for p in m._parameters.values():
                 if p is None or id(p) in seen:
                     continue
                 seen.add(id(p))
-                resident.add(storage_key(p))
                 if p.requires_grad:
                     if id(p) not in index:
                         index[id(p)] = len(params)

@@ -201,7 +201,6 @@ def held_after_forward(fn, model, x, device):
 def plain_saved(model, x):
     """Bytes plain torch saves for backward (each storage once; the input left out)."""
     report = ckpt.saved_residuals(model, x)
-    from ckpt.backends.torch_backend import storage_key
     first = next((t for t in report[0].tensors if t.reason.startswith("input")), None)
     return sum(r.new_bytes for r in report) - (first.nbytes if first is not None else 0)
 

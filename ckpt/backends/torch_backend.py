@@ -183,6 +183,8 @@ class TorchBackend:
         if i in self.rng:
             self.rng[i].restore()
         norms = self.norms[i - 1] if self.norms is not None else tracking_norms(stage)
+        if not norms:
+            return self._run(i, stage, x, keep_tape)
         with frozen_running_stats(norms):
             return self._run(i, stage, x, keep_tape)
 
