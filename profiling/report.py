@@ -139,8 +139,9 @@ torch they are part of *rest* (their full size equals the parameters column).
 
 METHOD_NOTE = """\
 Every configuration ran in its own fresh process (`python -m profiling.runner`), with
-`MALLOC_MMAP_THRESHOLD_` fixed so freed large blocks return to the system. One step was measured
-under the meters after a 1-row warm-up step (kernels, thread pools, lazy imports); then steps were
+`MALLOC_MMAP_THRESHOLD_` fixed at 32 KiB so freed blocks from 32 KiB up return to the system. One step was measured
+under the meters after a warm-up step (kernels, thread pools, lazy imports; full-batch for torch, so the
+math library's batch-sized workspace is not counted as the step's); then steps were
 timed with no meter running (time = fastest timed step). Meters: numpy — `tracemalloc` (exact for
 numpy buffers, also counts the executor's few KiB of Python bookkeeping); torch CPU — the kernel's
 peak RSS (`VmHWM`, reset per region, after `gc.collect()` and glibc's `malloc_trim` so the region

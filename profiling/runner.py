@@ -3,8 +3,9 @@
 The parent (``run_config``) starts ``python -m profiling.runner '<config json>'`` with
 glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed (large blocks go straight to mmap and back to
 the system when freed, so RSS tracks what is live) and a timeout.  The child builds the
-workload, measures **one** step under the meters (the first step of a fresh process,
-after a 1-row warm-up that loads kernels), then times ``iters`` more steps with no meter
+workload, measures **one** step under the meters (after a warm-up step that loads
+kernels: a 1-row step for numpy; a full step for torch, whose math library also sizes
+its workspace to the batch), then times ``iters`` more steps with no meter
 running, and prints its row.  Whatever happens, the parent gets a row:
 
 =============  ==========================================================
@@ -35,7 +36,7 @@ from .meters import Meters, meters_for, primary_figure
 from .workloads import Config, build, impl_of, predicted, time_steps, validate
 
 MARK = "PROFILING-ROW "
-MMAP_THRESHOLD = "131072"
+MMAP_THRESHOLD = "32768"     # 32 KiB: a 128-wide float32 activation of batch 128 (64 KiB) is mapped too
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from profiling.runner import child_env, run_config
+from profiling.runner import MMAP_THRESHOLD, child_env, run_config
 from profiling.workloads import Config
 
 TINY = Config(backend="numpy", depth=4, width=128, batch=256, strategy="sqrt_n")
@@ -13,7 +13,7 @@ def test_ok_row_measures_and_predicts():
     assert row["status"] == "ok", row.get("error")
     assert row["peak_meter"] == "tracemalloc_peak" and row["impl"] == "ckpt-numpy"
     assert row["peak_bytes"] == pytest.approx(row["predicted_peak_bytes"], rel=0.05)
-    assert row["mmap_threshold"] == "131072" and row["key"] == TINY.key
+    assert row["mmap_threshold"] == MMAP_THRESHOLD == "32768" and row["key"] == TINY.key
 
 
 def test_forced_failure_is_a_row_with_the_error_text():
@@ -39,4 +39,4 @@ def test_crash_is_a_row_naming_the_signal():
 
 def test_child_environment_fixes_the_allocator_and_threads():
     env = child_env(threads=1)
-    assert env["MALLOC_MMAP_THRESHOLD_"] == "131072" and env["OMP_NUM_THREADS"] == "1"
+    assert env["MALLOC_MMAP_THRESHOLD_"] == MMAP_THRESHOLD and env["OMP_NUM_THREADS"] == "1"
