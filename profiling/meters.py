@@ -8,7 +8,7 @@ meter               what it sees                                           figur
 ==================  =====================================================  ===========================
 ``tracemalloc``     Python and numpy allocations (exact; blind to torch)    ``peak``
 ``rss``             process resident set, sampled by memory_profiler's      ``peak`` (sampled),
-                    ``MemTimer`` and the kernel's high-water ``VmHWM``       ``hwm`` (kernel, exact)
+                    ``MemTimer`` and the kernel's high-water ``VmHWM``       ``hwm`` (kernel), ``max``
 ``cuda``            torch's CUDA caching allocator (reset per region)      ``allocated``, ``reserved``
 ``nvml``            the whole device as the driver sees it (sampled)        ``used``
 ==================  =====================================================  ===========================
@@ -19,6 +19,12 @@ keeps its high-water mark and the figure overstates by up to 6×.  The RSS meter
 trims glibc's free heap before its baseline (``malloc_trim``): a region that reuses
 freed-but-resident pages would otherwise under-read (measured: 40 of 80 MiB missed by a
 512-stage torch forward).
+
+Both RSS figures can under-read, differently: the sampler misses peaks shorter than
+its interval, and the kernel counts resident pages per CPU in batches (up to ~128 KiB
+per CPU not yet in the total when the high-water mark is taken), so a sub-MiB peak can
+read far low (measured: a 256 KiB peak read as 16 KiB).  ``rss_max``, the larger of the
+two, is the torch CPU row's figure.
 """
 
 from __future__ import annotations
@@ -140,6 +146,7 @@ class RSSMeter(Meter):
         out = {"peak": max(0, int(peak_mib * MIB - self._base))}
         if self._hwm_ok and hwm is not None:
             out["hwm"] = max(0, hwm - self._base)
+            out["max"] = max(out["hwm"], out["peak"])
         return out
 
 
@@ -255,12 +262,12 @@ def meters_for(backend: str, device: str) -> list[Meter]:
     return out
 
 
-PRIMARY = {("numpy", "cpu"): "tracemalloc_peak", ("torch", "cpu"): "rss_hwm", ("torch", "cuda"): "cuda_allocated"}
+PRIMARY = {("numpy", "cpu"): "tracemalloc_peak", ("torch", "cpu"): "rss_max", ("torch", "cuda"): "cuda_allocated"}
 
 
 def primary_figure(backend: str, device: str, figures: dict[str, int]) -> str:
     """The figure a row's ``peak_bytes`` is taken from (falls back to sampled RSS without VmHWM)."""
     name = PRIMARY[(backend, device)]
-    if name not in figures and name == "rss_hwm":
+    if name not in figures and name == "rss_max":
         return "rss_peak"
     return name

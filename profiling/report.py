@@ -145,7 +145,9 @@ math library's batch-sized workspace is not counted as the step's); then steps w
 timed with no meter running (time = fastest timed step). Meters: numpy — `tracemalloc` (exact for
 numpy buffers, also counts the executor's few KiB of Python bookkeeping); torch CPU — the kernel's
 peak RSS (`VmHWM`, reset per region, after `gc.collect()` and glibc's `malloc_trim` so the region
-cannot hide in freed heap pages) beside memory_profiler's sampled RSS (`rss_peak`); CUDA —
+cannot hide in freed heap pages) beside memory_profiler's sampled RSS (`rss_peak`); the row's figure
+is the larger (`rss_max`): the kernel folds per-CPU page counts in batches, so `VmHWM` can miss
+~128 KiB per CPU, and the sampler misses short peaks; CUDA —
 `torch.cuda.max_memory_allocated/reserved` (reset per region) and NVML device-used when present.
 RSS moves in pages and counts allocator and autograd slack, so small torch CPU peaks read high
 against the model (whose prediction is for the equivalent numpy MLP; torch rows also carry ckpt's

@@ -34,6 +34,7 @@ def test_rss_reads_a_64_mib_array():
     assert m.figures["rss_peak"] == pytest.approx(64 * MIB, rel=0.05)     # sampled: a page or two either way
     if "rss_hwm" in m.figures:
         assert m.figures["rss_hwm"] == pytest.approx(64 * MIB, rel=0.01)
+        assert m.figures["rss_max"] == max(m.figures["rss_hwm"], m.figures["rss_peak"])
 
 
 class RecordedCuda:
@@ -89,7 +90,7 @@ def test_meter_choice_and_primary_figure():
     assert [type(m) for m in meters_for("numpy", "cpu")] == [TracemallocMeter]
     assert [type(m) for m in meters_for("torch", "cpu")] == [RSSMeter]
     assert primary_figure("torch", "cpu", {"rss_peak": 1}) == "rss_peak"
-    assert primary_figure("torch", "cpu", {"rss_peak": 1, "rss_hwm": 2}) == "rss_hwm"
+    assert primary_figure("torch", "cpu", {"rss_peak": 1, "rss_hwm": 2, "rss_max": 2}) == "rss_max"
     assert primary_figure("torch", "cuda", {}) == "cuda_allocated"
 
 
