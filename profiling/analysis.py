@@ -182,16 +182,32 @@ def _pick(fits: pd.DataFrame, **match) -> pd.DataFrame:
     return fits[m]
 
 
+RSS_RESOLUTION = 2 ** 20
+
+
+def _below_rss_resolution(df: pd.DataFrame, backend: str, mode: str) -> str | None:
+    """Why the rows' RSS peaks cannot decide a claim (median under 1 MiB), or None.
+
+    The kernel counts resident pages per CPU in batches (see ``profiling.meters``):
+    peaks of a few hundred KiB read anywhere from 60% to 100% of their size.
+    """
+    rows = df[(df["backend"] == backend) & (df["mode"] == mode)
+              & df["peak_meter"].astype(str).str.startswith("rss")]
+    if rows.empty or rows["peak_bytes"].median() >= RSS_RESOLUTION:
+        return None
+    return f"n/a: peaks of {rows['peak_bytes'].median() / 2 ** 20:.2f} MiB are below RSS resolution"
+
+
 def targets(df: pd.DataFrame) -> pd.DataFrame:
     """The issue's acceptance claims, checked on this frame: claim, measured value, target, met."""
     lin, act = linear_fits(df, "peak_bytes"), loglog_slopes(df, "activation_bytes")
     rows = []
 
-    def add(claim, values, target, test):
+    def add(claim, values, target, test, unresolved=None):
         values = [v for v in values if pd.notna(v)]
         if values:
             rows.append({"claim": claim, "value": ", ".join(f"{v:.4f}" for v in values), "target": target,
-                         "met": all(test(v) for v in values)})
+                         "met": unresolved or all(test(v) for v in values)})
 
     for axis in ("depth", "batch"):
         f = _pick(lin, axis=axis, strategy="store_all", mode="train", backend="numpy")
@@ -200,7 +216,8 @@ def targets(df: pd.DataFrame) -> pd.DataFrame:
         add(f"store_all train peak linear in {axis} (R², torch)", f["r2"], "≥ 0.99", lambda v: v >= 0.99)
     for backend in ("numpy", "torch"):
         f = _pick(act, line="predict", backend=backend)
-        add(f"predict peak flat in depth (log-log slope, {backend})", f["slope"], "|slope| ≤ 0.1", lambda v: abs(v) <= 0.1)
+        add(f"predict peak flat in depth (log-log slope, {backend})", f["slope"], "|slope| ≤ 0.1",
+            lambda v: abs(v) <= 0.1, _below_rss_resolution(df, backend, "predict"))
         f = _pick(act, line="sqrt_n", mode="train", backend=backend)
         add(f"sqrt_n activation log-log slope in depth ({backend})", f["slope"], "0.4 – 0.6", lambda v: 0.4 <= v <= 0.6)
         f = _pick(act, line="store_all", mode="train", backend=backend)

@@ -72,3 +72,14 @@ def test_targets_pass_on_exact_laws(frame):
     t = A.targets(frame)
     assert t["met"].all(), t
     assert any("sqrt_n" in c for c in t["claim"])
+
+
+def test_a_claim_on_sub_mib_rss_peaks_is_not_decided():
+    torch_rows = synthetic_frame(backend="torch").assign(peak_meter="rss_max")
+    small = A.prepare(pd.concat([synthetic_frame(), torch_rows], ignore_index=True))
+    claims = A.targets(small).set_index("claim")["met"]
+    assert claims["predict peak flat in depth (log-log slope, numpy)"] == True  # noqa: E712 (numpy bool)
+    assert claims["predict peak flat in depth (log-log slope, torch)"].startswith("n/a: peaks of 0.")
+    big = torch_rows.assign(peak_bytes=torch_rows["peak_bytes"] * 2 ** 10)
+    claims = A.targets(A.prepare(big)).set_index("claim")["met"]
+    assert claims["predict peak flat in depth (log-log slope, torch)"] == True  # noqa: E712
