@@ -16,7 +16,8 @@ ENVIRONMENT = "environment.json"
 PACKAGES = ("numpy", "torch", "pandas", "matplotlib", "memory_profiler", "psutil", "nvidia-ml-py")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else the platform's processor string."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -67,7 +68,7 @@ def collect() -> dict:
     from .runner import MMAP_THRESHOLD, THREAD_VARS
     return {
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "memory_gib": _memory_gib(),
+        "cpu": cpu_model(), "cpu_count": os.cpu_count(), "memory_gib": _memory_gib(),
         "gpus": _gpus(), "os": platform.platform(), "python": sys.version.split()[0],
         "packages": {p: _version(p) for p in PACKAGES if _version(p)},
         "git_commit": _git_commit(),

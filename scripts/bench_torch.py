@@ -49,6 +49,7 @@ import torch.utils.checkpoint as tuc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ckpt  # noqa: E402
 from ckpt.torch_api import CheckpointedSequential  # noqa: E402
+from profiling.environment import cpu_model  # noqa: E402
 from profiling.workloads import he_linear  # noqa: E402
 
 MiB = 2 ** 20
@@ -258,22 +259,10 @@ def derive(rows):
     return pd.concat(out)
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux), or the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or "unknown CPU"
-
-
 def markdown(df, device, command) -> str:
     lines = [f"# Torch checkpointing benchmark ({device})", "",
              f"Reproduce: `{command}`", "",
-             f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}"
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_model()}"
              + (f", {torch.cuda.get_device_name()}" if device == "cuda" else "") + ". "
              "Times are medians of interleaved rounds after warm-up (`rounds` column; recompute on "
              "deep chains is timed after the rounds); ratios come from the same run. glibc: "
