@@ -276,19 +276,10 @@ class _Plan:
 
     @staticmethod
     def of(schedule: Schedule) -> "_Plan":
-        """The plan of a validated training schedule (kept for the last few schedules seen)."""
-        plan = _PLANS.get(id(schedule))
-        if plan is None or plan.schedule is not schedule:
-            chained, fuse = _joint_backwards(schedule)
-            plan = _Plan(schedule, schedule.actions.index(Loss()), _recomputed(schedule),
-                         _replay_starts(schedule), chained, fuse)
-            if len(_PLANS) >= 64:
-                _PLANS.pop(next(iter(_PLANS)))
-            _PLANS[id(schedule)] = plan      # the plan holds the schedule, so its id stays unique
-        return plan
-
-
-_PLANS: dict[int, _Plan] = {}
+        """The plan of a validated training schedule (its callers keep it: it is O(n) to make)."""
+        chained, fuse = _joint_backwards(schedule)
+        return _Plan(schedule, schedule.actions.index(Loss()), _recomputed(schedule),
+                     _replay_starts(schedule), chained, fuse)
 
 
 class _Call:

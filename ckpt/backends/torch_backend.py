@@ -13,9 +13,9 @@ keeps alive for its backward (what ``saved_tensors_hooks`` sees), parameters
 and buffers left out.  The executor's ledger counts them, each storage once,
 so ``Stats`` reports the bytes torch really keeps.  That counting is optional
 (``count_bytes``): a Python pack hook on every saved tensor makes a small
-stage's forward about twice as slow, so the wrappers count only when asked.  The stage's input enters
-the graph through ``entry``, not as a leaf, so it is kept only if an op saves
-it — as in plain torch.
+stage's forward about twice as slow, so the wrappers count only when asked.
+The stage's input enters the graph through ``entry``, not as a leaf, so it is
+kept only if an op saves it — as in plain torch.
 
 Two shortcuts, same arithmetic: a stage taped right after its predecessor
 continues that stage's graph (``chained``), and a run Backward(j), .., Backward(k)
