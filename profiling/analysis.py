@@ -193,9 +193,10 @@ def _below_rss_resolution(df: pd.DataFrame, backend: str, mode: str) -> str | No
     """
     rows = df[(df["backend"] == backend) & (df["mode"] == mode)
               & df["peak_meter"].astype(str).str.startswith("rss")]
-    if rows.empty or rows["peak_bytes"].median() >= RSS_RESOLUTION:
+    median = rows["peak_bytes"].median()
+    if rows.empty or median >= RSS_RESOLUTION:
         return None
-    return f"n/a: peaks of {rows['peak_bytes'].median() / 2 ** 20:.2f} MiB are below RSS resolution"
+    return f"n/a: peaks of {median / 2 ** 20:.2f} MiB are below RSS resolution"
 
 
 def targets(df: pd.DataFrame) -> pd.DataFrame:
