@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .schedule import Backward, Forward, ForwardTape, Free, Load, Loss, Save, Schedule
+from .schedule import Backward, Forward, ForwardTape, Free, Load, Loss, Save, Schedule, Update
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Residual:
 
 @dataclass
 class Result:
-    """Loss, gradients (one dict per stage, like the parameters), δ_0, output and stats."""
+    """Loss, gradients (one dict per stage, like the parameters; None once a fused step applied them), δ_0, output, stats."""
 
     loss: float | None
     grads: list[dict] | None
@@ -251,6 +251,11 @@ class _Run:
         self.delta = (a.i - 1, delta_prev)
         self.stats.backward_steps += 1
 
+    def _update(self, a: Update) -> None:
+        grads, self.grads[a.i - 1] = self.grads[a.i - 1], None
+        self.backend.update(a.i, grads)
+        self.ledger.release("gradients", *grads.values())
+
     def steps(self, actions) -> None:
         """Run ``actions`` (a part of the schedule, in order) on the current state."""
         for a in actions:
@@ -272,7 +277,7 @@ class _Run:
 
 
 _HANDLERS = {Forward: _Run._forward, ForwardTape: _Run._forward, Save: _Run._save, Load: _Run._load,
-             Free: _Run._free, Loss: _Run._loss, Backward: _Run._backward}
+             Free: _Run._free, Loss: _Run._loss, Backward: _Run._backward, Update: _Run._update}
 
 
 def execute(schedule: Schedule, backend, x, y=None) -> Result:
@@ -293,4 +298,15 @@ def start(schedule: Schedule, backend, x, y=None, explain: bool = False, account
     if schedule.is_training and y is None:
         raise ValueError("executor: a training schedule needs targets y (got y=None)")
     backend.check_inputs(schedule.n, x, y if schedule.is_training else None)
+    if schedule.is_fused:
+        _check_can_update(backend)
     return _Run(schedule, backend, x, y, explain, account)
+
+
+def _check_can_update(backend) -> None:
+    """Raise unless ``backend`` can apply a fused schedule's ``Update`` actions."""
+    check = getattr(backend, "check_can_update", None)
+    if check is None:
+        raise TypeError(f"executor: {type(backend).__name__} cannot apply Update actions (a fused optimizer "
+                        "step); on torch use ckpt.torch.fused.fuse_optimizer with an unfused schedule")
+    check()

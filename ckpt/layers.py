@@ -192,6 +192,9 @@ class MSE:
     name = "mse"
 
     def check_target(self, out_shape, y_shape, y_dtype) -> str | None:
+        if np.dtype(y_dtype).kind != "f":
+            hint = "; for class labels use loss='cross_entropy'" if np.dtype(y_dtype).kind in "iu" else ""
+            return f"mse needs real floating-point targets y, got {np.dtype(y_dtype).name}{hint}"
         if tuple(y_shape) != tuple(out_shape):
             return f"mse needs y of the output's shape {tuple(out_shape)}, got {tuple(y_shape)}"
         return None
@@ -217,17 +220,29 @@ class CrossEntropy:
 
     def check_target(self, out_shape, y_shape, y_dtype) -> str | None:
         B, C = out_shape
-        if tuple(y_shape) == (B,) and np.issubdtype(y_dtype, np.integer):
+        kind = np.dtype(y_dtype).kind
+        if tuple(y_shape) == (B,) and kind in "iu":      # bool is kind "b": not a label
             return None
-        if tuple(y_shape) == (B, C):
+        if tuple(y_shape) == (B, C) and kind == "f":
             return None
         return (f"cross_entropy needs integer labels of shape ({B},) or probabilities of shape "
                 f"({B}, {C}), got {np.dtype(y_dtype).name} {tuple(y_shape)}")
 
     def check_values(self, y, out_shape) -> str | None:
         C = out_shape[1]
-        if y.ndim == 1 and y.size and (y.min() < 0 or y.max() >= C):
-            return f"cross_entropy labels must lie in 0..{C - 1}, got {y.min()}..{y.max()}"
+        if y.ndim == 1:
+            if y.size and (y.min() < 0 or y.max() >= C):
+                return f"cross_entropy labels must lie in 0..{C - 1}, got {y.min()}..{y.max()}"
+            return None
+        if y.size and y.min() < 0:
+            row = int(np.argwhere(y < 0)[0, 0])
+            return f"cross_entropy probabilities must be ≥ 0, got {y.min()} (row {row})"
+        sums = y.sum(axis=1, dtype=np.float64)
+        tol = np.sqrt(np.finfo(y.dtype).eps) * max(1, C) ** 0.5
+        bad = np.flatnonzero(np.abs(sums - 1) > tol)
+        if bad.size:
+            return (f"cross_entropy probabilities must sum to 1 in each row (±{tol:.1e}), got {sums[bad[0]]:g} "
+                    f"in row {bad[0]}; for class labels pass integers of shape ({y.shape[0]},)")
         return None
 
     def __call__(self, x, y):

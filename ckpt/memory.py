@@ -11,7 +11,7 @@ from .strategies import forward_only, make_schedule
 
 def symbolic_inputs(model, batch: int) -> tuple[SymbolicArray, SymbolicArray]:
     """Symbolic x (batch, in_features) and y fitting the model's loss (labels for cross-entropy)."""
-    if not isinstance(batch, (int, np.integer)) or batch < 1:
+    if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"memory: batch must be an int ≥ 1, got {batch!r}")
     x = SymbolicArray((batch, model.stages[0].in_features), model.dtype)
     out_shape = model.shapes(x.shape)[-1]
@@ -20,14 +20,21 @@ def symbolic_inputs(model, batch: int) -> tuple[SymbolicArray, SymbolicArray]:
     return x, SymbolicArray(out_shape, model.dtype)
 
 
-def predict_memory(model, strategy="store_all", batch: int = 1, mode: str = "train", **options) -> Stats:
-    """Predicted peak bytes and step counts of one step of ``model`` (train or predict mode)."""
+def predict_memory(model, strategy="store_all", batch: int = 1, mode: str = "train", fused: bool = False,
+                   **options) -> Stats:
+    """Predicted peak bytes and step counts of one step of ``model`` (train or predict mode).
+
+    ``fused=True``: the optimizer step is fused into the backward (``Update`` after
+    each ``Backward``), so finished stages' gradients leave the peak.  Optimizer
+    state is resident, like the parameters, and not counted (``Optimizer.nbytes``).
+    The strategy and its options are checked in predict mode too.
+    """
     if mode not in ("train", "predict"):
         raise ValueError(f"memory: mode must be 'train' or 'predict', got {mode!r}")
     x, y = symbolic_inputs(model, batch)
+    schedule = make_schedule(strategy, len(model), fused=fused, **options)
     if mode == "predict":
         return execute(forward_only(len(model)), SymbolicBackend(model), x).stats
-    schedule = make_schedule(strategy, len(model), **options)
     return execute(schedule, SymbolicBackend(model), x, y).stats
 
 

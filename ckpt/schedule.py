@@ -29,11 +29,17 @@ action                meaning
 ``Backward(i)``       needs delta = δ_i and tape i; computes δ_{i-1} and stage
                       i's parameter gradients; drops tape i, δ_i and the current
                       activation (a forward resumes from a checkpoint: ``Load``).
+``Update(i)``         needs stage i's gradients (``Backward(i)`` ran); applies
+                      the optimizer to stage i's parameters with them and drops
+                      them (a *fused* optimizer step).  Stage i must not run
+                      forward again afterwards: its parameters have changed.
 ====================  =========================================================
 
 A value is freed as soon as nothing above refers to it.  A *training* schedule
 (one with ``Loss``) must backward every stage exactly once, in the order n..1,
-and end with no tape and no checkpoint left.  A *prediction* schedule has only
+and end with no tape and no checkpoint left; it updates either no stage (the
+caller applies the optimizer to the returned gradients) or every stage exactly
+once (fused: ``fuse_updates``).  A *prediction* schedule has only
 ``Forward``/``Save``/``Load``/``Free`` and ends with current = x_n.
 """
 
@@ -95,8 +101,15 @@ class Backward:
     i: int
 
 
-Action = Forward | ForwardTape | Save | Load | Free | Loss | Backward
-ACTIONS = (Forward, ForwardTape, Save, Load, Free, Loss, Backward)
+@dataclass(frozen=True)
+class Update:
+    """Read as: apply the optimizer to stage i's parameters using its gradients, then drop them."""
+
+    i: int
+
+
+Action = Forward | ForwardTape | Save | Load | Free | Loss | Backward | Update
+ACTIONS = (Forward, ForwardTape, Save, Load, Free, Loss, Backward, Update)
 
 
 @dataclass
@@ -110,9 +123,10 @@ class _Walk:
     delta: int | None = None
     loss_done: bool = False
     peak_stored: int = 0
+    updated: set[int] | None = None
 
     def __post_init__(self):
-        self.checkpoints, self.tapes = set(), set()
+        self.checkpoints, self.tapes, self.updated = set(), set(), set()
 
     def stored(self) -> int:
         """Live stored values: checkpoints, tapes and the current activation."""
@@ -132,11 +146,13 @@ class _Walk:
         if not isinstance(a, ACTIONS):
             return f"{a!r} is not an action; allowed: {', '.join(c.__name__ for c in ACTIONS)}"
         i = getattr(a, "i", None)
-        if isinstance(a, (Forward, ForwardTape, Backward)) and not (isinstance(i, int) and 1 <= i <= n):
+        if isinstance(a, (Forward, ForwardTape, Backward, Update)) and not _index_in(i, 1, n):
             return f"stage index must be an int in 1..{n}"
-        if isinstance(a, (Save, Load, Free)) and not (isinstance(i, int) and 0 <= i <= n):
+        if isinstance(a, (Save, Load, Free)) and not _index_in(i, 0, n):
             return f"activation index must be an int in 0..{n}"
         if isinstance(a, (Forward, ForwardTape)):
+            if i in self.updated:
+                return f"stage {i}'s parameters were already updated (Update({i})); it cannot run forward again"
             if self.current != i - 1:
                 return f"needs x_{i - 1} as the current activation, but {self._current()}"
             if isinstance(a, ForwardTape) and i in self.tapes:
@@ -159,6 +175,11 @@ class _Walk:
                 return f"needs δ_{i}, but the backward sweep holds {expected}"
             if i not in self.tapes:
                 return f"needs tape {i}, but it is not kept (ForwardTape({i}) first)"
+        elif isinstance(a, Update):
+            if i in self.updated:
+                return f"stage {i} was already updated"
+            if not self.loss_done or (self.delta is not None and self.delta >= i):
+                return f"needs stage {i}'s gradients, but Backward({i}) has not run yet"
         return None
 
     def _current(self) -> str:
@@ -180,6 +201,8 @@ class _Walk:
         elif isinstance(a, Backward):
             self.tapes.discard(a.i)
             self.delta, self.current = a.i - 1, None
+        elif isinstance(a, Update):
+            self.updated.add(a.i)
 
     def finish(self) -> str | None:
         """Why the state after the last action is not a valid end, or None."""
@@ -195,7 +218,15 @@ class _Walk:
             return f"tapes {sorted(self.tapes)} are never used by a Backward"
         if self.checkpoints:
             return f"checkpoints {sorted(self.checkpoints)} are never freed (add Free(i))"
+        missing = sorted(set(range(1, self.n + 1)) - self.updated)
+        if self.updated and missing:
+            return (f"a fused schedule updates every stage once, but stages {missing} are never updated "
+                    f"(add Update(i) after Backward(i), or use fuse_updates)")
         return None
+
+
+def _index_in(i, low: int, high: int) -> bool:
+    return isinstance(i, int) and not isinstance(i, bool) and low <= i <= high
 
 
 @dataclass(frozen=True)
@@ -251,6 +282,11 @@ class Schedule:
         """True when the schedule evaluates the loss (and so backwards)."""
         return any(isinstance(a, Loss) for a in self.actions)
 
+    @cached_property
+    def is_fused(self) -> bool:
+        """True when the schedule applies the optimizer stage by stage (``Update`` actions)."""
+        return any(isinstance(a, Update) for a in self.actions)
+
     @property
     def peak_stored(self) -> int:
         """Most values held at once: checkpoints + tapes + the current activation."""
@@ -264,3 +300,21 @@ class Schedule:
         head = (f"Schedule(n={self.n}: {len(self)} actions, {self.forward_steps} forward, "
                 f"{self.backward_steps} backward)")
         return "\n".join([head] + [f"  {k:4d}  {a!r}" for k, a in enumerate(self.actions)])
+
+
+def fuse_updates(schedule: Schedule) -> Schedule:
+    """The same schedule with ``Update(i)`` right after each ``Backward(i)``: a fused optimizer step."""
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule: fuse_updates needs a Schedule, got {type(schedule).__name__}")
+    schedule.validate()
+    if not schedule.is_training:
+        raise ScheduleError("schedule: fuse_updates needs a training schedule (with Loss and Backward); "
+                            "a prediction schedule has no gradients to apply")
+    if schedule.is_fused:
+        return schedule
+    actions = []
+    for a in schedule.actions:
+        actions.append(a)
+        if isinstance(a, Backward):
+            actions.append(Update(a.i))
+    return Schedule(schedule.n, actions).validate()

@@ -10,23 +10,37 @@ Exact forward-step counts (each a test against the schedule itself):
   once more, with tape, during the backward sweep).
 
 ``forward_only(n)`` is the prediction schedule (n steps, no tapes).
+
+Names: a built-in strategy (store_all, recompute, sqrt_n) is replaced only with
+``register_strategy(name, fn, replace=True)``; a name you registered yourself may
+be registered again (re-running a notebook cell or re-importing a plugin).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable
 
-from .schedule import Backward, Forward, ForwardTape, Free, Load, Loss, Save, Schedule
+from .schedule import Backward, Forward, ForwardTape, Free, Load, Loss, Save, Schedule, fuse_updates
 
 Strategy = Callable[..., Schedule]
 _REGISTRY: dict[str, Strategy] = {}
 
 
-def register_strategy(name: str, fn: Strategy | None = None):
-    """Register ``fn`` under ``name``; without ``fn``, return a decorator that does."""
-    if not isinstance(name, str) or not name:
+_BUILT_IN: set[str] = set()        # filled below, once the built-ins are registered
+
+
+def register_strategy(name: str, fn: Strategy | None = None, *, replace: bool = False):
+    """Register ``fn`` under ``name``; without ``fn``, return a decorator that does.
+
+    A built-in name is replaced only with ``replace=True``.
+    """
+    if not isinstance(name, str) or not name.strip():
         raise ValueError(f"strategies: a strategy name must be a non-empty str, got {name!r}")
+    if name in _BUILT_IN and not replace:
+        raise ValueError(f"strategies: {name!r} is a built-in strategy; register yours under another name, "
+                         f"or pass replace=True to replace the built-in everywhere")
 
     def add(f: Strategy) -> Strategy:
         if not callable(f):
@@ -51,16 +65,38 @@ def get_strategy(name: str) -> Strategy:
                          f"(register your own with ckpt.register_strategy)") from None
 
 
-def make_schedule(strategy: str | Strategy, n: int, **options) -> Schedule:
-    """Build and validate the schedule of ``strategy`` (a name or a function) for n stages."""
+def make_schedule(strategy: str | Strategy, n: int, fused: bool = False, **options) -> Schedule:
+    """Build and validate the schedule of ``strategy`` (a name or a function) for n stages.
+
+    ``fused=True`` adds ``Update(i)`` after each ``Backward(i)`` (``ckpt.schedule.fuse_updates``).
+    """
     _check_depth(n)
     fn = strategy if callable(strategy) else get_strategy(strategy)
+    _check_options(strategy, fn, options)
     schedule = fn(n, **options)
     if not isinstance(schedule, Schedule):
         raise TypeError(f"strategies: {strategy!r} returned {type(schedule).__name__}, expected a Schedule")
     if schedule.n != n:
         raise ValueError(f"strategies: {strategy!r} built a schedule for n={schedule.n}, asked for n={n}")
-    return schedule.validate()
+    if not isinstance(fused, bool):
+        raise TypeError(f"strategies: fused must be True or False, got {fused!r}")
+    return fuse_updates(schedule) if fused else schedule.validate()
+
+
+def _check_options(strategy, fn: Strategy, options: dict) -> None:
+    """Refuse options that ``fn`` does not take, naming the ones it does."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return                               # a builtin or C callable: let the call decide
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    takes = [k for k, p in list(params.items())[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(takes))
+    if unknown:
+        name = strategy if isinstance(strategy, str) else getattr(fn, "__name__", repr(fn))
+        raise TypeError(f"strategies: strategy {name!r} takes no option {', '.join(map(repr, unknown))}; "
+                        f"its options: {', '.join(takes) or 'none'}")
 
 
 def _check_depth(n) -> None:
@@ -138,6 +174,9 @@ def sqrt_n(n: int, segments: int | None = None) -> Schedule:
 def every_segment(n: int, segments: int) -> Schedule:
     """As ``sqrt_n`` but the last segment is checkpointed and re-run too (``checkpoint_sequential``)."""
     return _segmented(n, segment_bounds(n, segments), tape_last=False)
+
+
+_BUILT_IN.update(_REGISTRY)
 
 
 def forward_only(n: int) -> Schedule:

@@ -31,6 +31,9 @@ class Backend(Protocol):
     def temp_bytes(self, action, operand, y=None) -> int:
         """High-water of what running ``action`` on ``operand`` allocates, outputs included."""
 
+    def update(self, i: int, grads: dict) -> None:
+        """Optional (fused schedules): apply the optimizer to stage i with ``grads``."""
+
 
 class ChainBackend:
     """Shared by backends that run a ``ckpt.Chain``: checks and per-op byte counts."""
@@ -55,4 +58,4 @@ class ChainBackend:
             return self.chain.loss.temp(operand.shape, y.shape, dtype)
         if isinstance(action, Backward):
             return self.stage(action.i).backward_temp(operand.shape, dtype)
-        return 0
+        return 0                 # Save/Load/Free move references; Update works in the gradients' buffers

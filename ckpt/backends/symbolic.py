@@ -62,6 +62,12 @@ class SymbolicBackend(ChainBackend):
         grads = {k: SymbolicArray(p.shape, self.chain.dtype) for k, p in self.stage(i).params.items()}
         return SymbolicArray(self._in_shapes[i], self.chain.dtype), grads
 
+    def check_can_update(self) -> None:
+        """A fused schedule needs no optimizer here: ``Update`` only drops the gradients."""
+
+    def update(self, i, grads):
+        """Optimizer state is resident (like parameters) and updates work in place: nothing allocated."""
+
     def storage(self, value):
         return id(value)
 
