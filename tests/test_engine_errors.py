@@ -119,3 +119,194 @@ def test_predict_memory_bad_options(model):
         ckpt.predict_memory(model, batch=2, mode="eval")
     with pytest.raises(ValueError, match="batch must be an int ≥ 1, got 0"):
         ckpt.predict_memory(model, batch=0)
+
+
+# --------------------------------------------------------- issue 13: no silent wrong result
+
+@pytest.mark.parametrize("strategy", ["forward_only", ckpt.forward_only])
+def test_prediction_strategy_has_no_gradients(model, strategy):
+    x, y = data()
+    with pytest.raises(ValueError, match=r"strategy 'forward_only' builds a prediction schedule .*"
+                                         r"use ckpt.forward\(model, x\)"):
+        ckpt.gradients(model, x, y, strategy=strategy)
+
+
+def test_built_in_strategy_needs_replace(model):
+    with pytest.raises(ValueError, match=r"'store_all' is a built-in strategy; .* pass replace=True"):
+        ckpt.register_strategy("store_all", ckpt.recompute)
+    assert ckpt.make_schedule("store_all", 4).forward_steps == 4          # untouched
+    try:
+        ckpt.register_strategy("store_all", ckpt.recompute, replace=True)
+        assert ckpt.make_schedule("store_all", 4).forward_steps == 10
+    finally:
+        ckpt.register_strategy("store_all", ckpt.store_all, replace=True)
+
+
+def test_user_strategy_may_be_registered_again():
+    ckpt.register_strategy("test_errors_mine", ckpt.store_all)
+    ckpt.register_strategy("test_errors_mine", ckpt.recompute)             # a re-run notebook cell
+    assert ckpt.make_schedule("test_errors_mine", 4).forward_steps == 10
+
+
+def test_unknown_strategy_option(model):
+    x, y = data()
+    with pytest.raises(TypeError, match="strategy 'store_all' takes no option 'segments'; its options: none"):
+        ckpt.gradients(model, x, y, segments=2)
+    with pytest.raises(TypeError, match="strategy 'sqrt_n' takes no option 'slots'; its options: segments"):
+        ckpt.make_schedule("sqrt_n", 4, slots=2)
+
+
+def test_empty_batch(model):
+    x, y = data(batch=0)
+    with pytest.raises(ValueError, match=r"the batch is empty \(x has shape \(0, 4\)\); pass at least one row"):
+        ckpt.gradients(model, x, y)
+
+
+@pytest.mark.parametrize("dtype,name", [(complex, "complex128"), (bool, "bool"), (np.int64, "int64")])
+def test_mse_targets_must_be_real_floats(model, dtype, name):
+    x, y = data()
+    with pytest.raises(ValueError, match=f"mse needs real floating-point targets y, got {name}"):
+        ckpt.gradients(model, x, y.astype(dtype))
+
+
+def test_mse_integer_targets_hint_cross_entropy(model):
+    x, _ = data()
+    with pytest.raises(ValueError, match="for class labels use loss='cross_entropy'"):
+        ckpt.gradients(model, x, np.zeros((2, 3), dtype=int))
+
+
+def test_cross_entropy_probabilities_must_be_distributions():
+    m = ckpt.MLP([4, 3], loss="cross_entropy")
+    x, _ = data()
+    with pytest.raises(ValueError, match=r"probabilities must sum to 1 in each row .* got 15 in row 0"):
+        ckpt.gradients(m, x, np.full((2, 3), 5.0))
+    with pytest.raises(ValueError, match=r"probabilities must be ≥ 0, got -0.5 \(row 1\)"):
+        ckpt.gradients(m, x, np.array([[0.5, 0.5, 0.0], [1.5, -0.5, 0.0]]))
+    ok = ckpt.gradients(m, x, np.array([[0.2, 0.3, 0.5], [0.0, 1.0, 0.0]]))
+    assert np.isfinite(ok.loss)
+
+
+@pytest.mark.parametrize("y,match", [
+    (np.array([True, False]), r"integer labels of shape \(2,\) .* got bool \(2,\)"),
+    (np.array([0.0, 1.0]), r"integer labels of shape \(2,\) .* got float64 \(2,\)"),
+    (np.array([-1, 2]), r"labels must lie in 0..2, got -1..2"),
+])
+def test_cross_entropy_labels(y, match):
+    m = ckpt.MLP([4, 3], loss="cross_entropy")
+    with pytest.raises(ValueError, match=match):
+        ckpt.gradients(m, data()[0], y)
+
+
+def test_predict_memory_checks_the_strategy_in_predict_mode(model):
+    with pytest.raises(ValueError, match="unknown strategy 'nope'; known: "):
+        ckpt.predict_memory(model, "nope", batch=2, mode="predict")
+    with pytest.raises(ValueError, match="batch must be an int ≥ 1, got True"):
+        ckpt.predict_memory(model, batch=True)
+
+
+def exploding(stage: int, scale: float):
+    m = ckpt.MLP([4, 8, 8, 8, 3], activation="relu")
+    m.stages[stage - 1].W *= scale
+    return m
+
+
+@pytest.mark.parametrize("strategy", ["store_all", "sqrt_n", "recompute"])
+def test_non_finite_forward_names_the_first_stage(strategy):
+    m = exploding(2, 1e200)
+    m.stages[2].W *= 1e200                              # stage 3 overflows to inf (stage 2 stays finite)
+    with pytest.raises(ckpt.NonFiniteError, match=r"NaN or inf first appeared in stage 3's forward output x_3"):
+        ckpt.gradients(m, *data(n_out=3), strategy=strategy)
+
+
+def test_non_finite_loss_is_named():
+    with pytest.raises(ckpt.NonFiniteError, match="first appeared in the loss"):
+        ckpt.gradients(exploding(4, 1e160), *data(n_out=3))
+
+
+def test_non_finite_gradient_is_named():
+    m = exploding(1, 1e-200)                            # huge x, tiny W_1: x_1..x_4 ordinary
+    x, y = data(n_out=3)
+    x *= 1e200
+    y += 1e150                                          # loss ~1e300, finite; ∂W_1 = δ_1ᵀ x ~ 1e350 = inf
+    with pytest.raises(ckpt.NonFiniteError, match=r"first appeared in stage 1's backward: gradient W_1 "):
+        ckpt.gradients(m, x, y)
+
+
+def test_non_finite_warn_and_ignore():
+    m, (x, y) = exploding(4, 1e160), data(n_out=3)
+    with pytest.warns(RuntimeWarning, match="first appeared in the loss") as caught:
+        r = ckpt.gradients(m, x, y, nonfinite="warn")
+    assert len(caught) == 1 and not np.isfinite(r.loss)
+    with np.errstate(all="ignore"):
+        assert not np.isfinite(ckpt.gradients(m, x, y, nonfinite="ignore").loss)
+    with pytest.raises(ValueError, match="nonfinite must be one of raise, warn, ignore, got 'loud'"):
+        ckpt.gradients(m, x, y, nonfinite="loud")
+
+
+def test_float32_mlp_draws_float32_weights_directly():
+    import tracemalloc
+    tracemalloc.start()
+    m = ckpt.MLP([1000, 1000], dtype="float32")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert m.stages[0].W.dtype == np.float32
+    assert peak < 4_000_000 + 2**24 + 100_000            # the weights and one 16 MiB float64 block at most
+    m64 = ckpt.MLP([1000, 1000], dtype="float64")
+    assert np.array_equal(m.stages[0].W, m64.stages[0].W.astype(np.float32))   # same values as before
+
+
+def test_too_large_model_is_refused(monkeypatch):
+    monkeypatch.setattr(ckpt.memcheck, "memory_limits", lambda device="cpu": {"MemAvailable": 2**30})
+    with pytest.raises(ckpt.InsufficientMemoryError,
+                       match=r"MLP\(\[200000, 200000\], dtype='float32'\) \(its parameters\) needs 149.01 GiB "
+                             r"\(160,000,800,000 B\), but this process may use 1.00 GiB .*MemAvailable"):
+        ckpt.MLP([200000, 200000], dtype="float32")
+
+
+@pytest.mark.parametrize("sizes,match", [
+    ([3, True, 2], r"layer sizes must be ints ≥ 1, got \[3, True, 2\]"),
+    ([3, 2.0, 2], r"layer sizes must be ints ≥ 1"),
+    ([3, -4, 2], r"layer sizes must be ints ≥ 1"),
+])
+def test_bad_sizes_of_every_kind(sizes, match):
+    with pytest.raises(ValueError, match=match):
+        ckpt.MLP(sizes)
+    with pytest.raises(TypeError, match="MLP sizes must be a list of ints"):
+        ckpt.MLP(5)
+
+
+@pytest.mark.parametrize("n", [-1, 2.0, True, "4"])
+def test_bad_depths(n):
+    with pytest.raises(ValueError, match="depth must be an int ≥ 1"):
+        ckpt.make_schedule("store_all", n)
+
+
+def test_bad_l2_type():
+    with pytest.raises(ValueError, match="l2 must be a finite number ≥ 0, got 'big'"):
+        ckpt.MLP([3, 2], l2="big")
+
+
+@pytest.mark.parametrize("shape,match", [
+    ((4,), r"needs input of shape \(batch, 4\), got \(4,\)"),
+    ((2, 4, 1), r"needs input of shape \(batch, 4\), got \(2, 4, 1\)"),
+])
+def test_input_with_wrong_ndim(model, shape, match):
+    with pytest.raises(ValueError, match=match):
+        ckpt.gradients(model, np.zeros(shape), data()[1])
+
+
+@pytest.mark.parametrize("dtype", [object, "U3", complex, np.int32])
+def test_non_float_inputs(model, dtype):
+    x, y = data()
+    with pytest.raises(ValueError, match=r"x must hold real floating-point numbers \(float64, the model's dtype\)"):
+        ckpt.gradients(model, x.astype(dtype), y)
+
+
+def test_model_must_be_a_chain():
+    with pytest.raises(TypeError, match="model must be a ckpt.Chain"):
+        ckpt.gradients("mlp", *data())
+
+
+def test_schedule_indices_refuse_bools():
+    with pytest.raises(ckpt.ScheduleError, match="stage index must be an int in 1..1"):
+        ckpt.Schedule(1, [ckpt.ForwardTape(True), ckpt.Loss(), ckpt.Backward(1)]).validate()

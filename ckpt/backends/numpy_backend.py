@@ -9,6 +9,7 @@ explodes and not as a ``nan`` loss.  ``"warn"`` warns once per run and goes on;
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -61,27 +62,35 @@ class NumpyBackend(ChainBackend):
             raise ValueError("numpy backend: a fused schedule (Update actions) needs an optimizer: "
                              "NumpyBackend(model, optimizer=ckpt.optim.Adam(model.params)), or ckpt.train_step")
 
+    def _quiet(self):
+        """numpy's own overflow warnings off while this backend reports non-finite values itself."""
+        return np.errstate(all="ignore") if self.nonfinite != "ignore" else contextlib.nullcontext()
+
     def forward(self, i, x, keep_tape):
-        out, tape = self.stage(i).forward(x, keep_tape)
+        with self._quiet():
+            out, tape = self.stage(i).forward(x, keep_tape)
         self._watch(f"stage {i}'s forward output x_{i}", out)
         return out, tape
 
     def loss(self, x, y):
-        value, delta = self.chain.loss(x, y)
-        value += self.chain.penalty()
+        with self._quiet():
+            value, delta = self.chain.loss(x, y)
+            value += self.chain.penalty()
         self._watch("the loss", np.asarray(value))
         self._watch(f"δ_{len(self.chain)} (the loss's gradient)", delta)
         return value, delta
 
     def backward(self, i, tape, delta):
-        delta_prev, grads = self.stage(i).backward(tape, delta)
+        with self._quiet():
+            delta_prev, grads = self.stage(i).backward(tape, delta)
         for name, g in grads.items():
             self._watch(f"stage {i}'s backward: gradient {name}_{i}", g)
         self._watch(f"stage {i}'s backward: δ_{i - 1}", delta_prev)
         return delta_prev, grads
 
     def update(self, i, grads):
-        self.optimizer.update(i, grads)
+        with self._quiet():
+            self.optimizer.update(i, grads)
         for name, p in self.stage(i).params.items():
             self._watch(f"stage {i}'s update: parameter {name}_{i}", p)
 
