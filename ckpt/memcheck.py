@@ -31,7 +31,8 @@ def gib(nbytes: int) -> str:
 
 # ------------------------------------------------------------------ limits
 
-def _status_kib(field: str, path: str) -> int | None:
+def read_status_bytes(field: str, path: str = "/proc/self/status") -> int | None:
+    """A ``kB`` field of /proc/self/status or /proc/meminfo in bytes; None off Linux."""
     try:
         with open(path) as f:
             for line in f:
@@ -53,7 +54,7 @@ def _read_int(path: str) -> int | None:
 
 def mem_available() -> int | None:
     """/proc/meminfo MemAvailable in bytes (None where there is no /proc)."""
-    return _status_kib("MemAvailable", "/proc/meminfo")
+    return read_status_bytes("MemAvailable", "/proc/meminfo")
 
 
 def address_space_left() -> int | None:
@@ -61,7 +62,7 @@ def address_space_left() -> int | None:
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft == resource.RLIM_INFINITY:
         return None
-    return max(soft - (_status_kib("VmSize", "/proc/self/status") or 0), 0)
+    return max(soft - (read_status_bytes("VmSize") or 0), 0)
 
 
 def cgroup_left() -> int | None:

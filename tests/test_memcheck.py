@@ -17,12 +17,12 @@ MiB = 2**20
 CHILD = textwrap.dedent("""
     import json, resource, sys
     import numpy as np, ckpt
-    from ckpt.memcheck import _status_kib
+    from ckpt.memcheck import read_status_bytes
     model = ckpt.MLP([64] * 33)
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((4096, 64)), rng.standard_normal((4096, 64))
     ckpt.gradients(model, x[:8], y[:8], "store_all")      # warm: one-time allocations before the limit
-    vm = _status_kib("VmSize", "/proc/self/status")
+    vm = read_status_bytes("VmSize")
     resource.setrlimit(resource.RLIMIT_AS, (vm + 45 * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
     out = {}
     for strategy, check in [("store_all", True), ("sqrt_n", True), ("store_all", False)]:
