@@ -79,6 +79,8 @@ def _training_schedule(model, backend, x, y, strategy, memory_check: bool, fused
                          f"so it has no gradients; use ckpt.forward(model, x) for outputs, or a training "
                          f"strategy: {', '.join(strategies())}")
     backend.check_inputs(len(model), x, y)
+    if not isinstance(memory_check, bool):
+        raise TypeError(f"ckpt: memory_check must be True or False, got {memory_check!r}")
     if memory_check:
         check_step(model, int(x.shape[0]), strategy, fused=fused, **options)
     return schedule
@@ -86,7 +88,7 @@ def _training_schedule(model, backend, x, y, strategy, memory_check: bool, fused
 
 def forward(model: Chain, x):
     """The model's output for x, keeping no tapes (prediction)."""
-    return execute(forward_only(len(model)), NumpyBackend(model), x).output
+    return execute(forward_only(len(_check_model(model))), NumpyBackend(model), x).output
 
 
 __all__ = [

@@ -11,6 +11,8 @@ from .strategies import forward_only, make_schedule
 
 def symbolic_inputs(model, batch: int) -> tuple[SymbolicArray, SymbolicArray]:
     """Symbolic x (batch, in_features) and y fitting the model's loss (labels for cross-entropy)."""
+    if not hasattr(model, "stages") or not hasattr(model, "loss"):
+        raise TypeError(f"memory: model must be a ckpt.Chain (e.g. ckpt.MLP([...])), got {type(model).__name__}")
     if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"memory: batch must be an int ≥ 1, got {batch!r}")
     x = SymbolicArray((batch, model.stages[0].in_features), model.dtype)

@@ -89,8 +89,8 @@ def _check_options(strategy, fn: Strategy, options: dict) -> None:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return                               # a builtin or C callable: let the call decide
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return
+    if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params.values()):
+        return                               # takes anything: let the call decide
     takes = [k for k, p in list(params.items())[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     unknown = sorted(set(options) - set(takes))
     if unknown:

@@ -310,3 +310,15 @@ def test_model_must_be_a_chain():
 def test_schedule_indices_refuse_bools():
     with pytest.raises(ckpt.ScheduleError, match="stage index must be an int in 1..1"):
         ckpt.Schedule(1, [ckpt.ForwardTape(True), ckpt.Loss(), ckpt.Backward(1)]).validate()
+
+
+def test_model_must_be_a_chain_everywhere():
+    with pytest.raises(TypeError, match="model must be a ckpt.Chain"):
+        ckpt.forward([1, 2], np.zeros((2, 4)))
+    with pytest.raises(TypeError, match=r"memory: model must be a ckpt.Chain \(e.g. ckpt.MLP"):
+        ckpt.predict_memory("mlp", batch=2)
+
+
+def test_memory_check_must_be_a_bool(model):
+    with pytest.raises(TypeError, match="memory_check must be True or False, got 'no'"):
+        ckpt.gradients(model, *data(), memory_check="no")

@@ -31,8 +31,11 @@ class Backend(Protocol):
     def temp_bytes(self, action, operand, y=None) -> int:
         """High-water of what running ``action`` on ``operand`` allocates, outputs included."""
 
+    def check_can_update(self) -> None:
+        """Optional (fused schedules): raise unless ``update`` can run (e.g. no optimizer given)."""
+
     def update(self, i: int, grads: dict) -> None:
-        """Optional (fused schedules): apply the optimizer to stage i with ``grads``."""
+        """Optional (fused schedules): apply the optimizer to stage i with ``grads``, which it may overwrite."""
 
 
 class ChainBackend:
