@@ -97,3 +97,11 @@ def test_limits_read_from_this_process():
     assert memcheck.cuda_free("cpu") is None
     available, source = memcheck.available_bytes()
     assert available == min(limits.values()) and source in limits
+
+
+def test_remembered_prediction_tells_models_apart(monkeypatch):
+    plain, with_l2 = ckpt.MLP([64] * 9), ckpt.MLP([64] * 9, l2=0.1)    # l2 adds a W-sized temporary
+    a = memcheck._predicted(plain, 32, "store_all", False, {})
+    b = memcheck._predicted(with_l2, 32, "store_all", False, {})
+    assert a == (ckpt.predict_memory(plain, batch=32).peak_bytes, 8)
+    assert b == (ckpt.predict_memory(with_l2, batch=32).peak_bytes, 8) and b != a
