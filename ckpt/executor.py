@@ -124,7 +124,7 @@ class _NoLedger:
     release = hold
 
 
-class _Run:
+class Run:
     """The state of one execution; one handler per action type."""
 
     def __init__(self, schedule: Schedule, backend, x, y, explain: bool = False, account: bool = True):
@@ -271,8 +271,8 @@ class _Run:
         return Result(None, None, None, self.current[1], self.stats)
 
 
-_HANDLERS = {Forward: _Run._forward, ForwardTape: _Run._forward, Save: _Run._save, Load: _Run._load,
-             Free: _Run._free, Loss: _Run._loss, Backward: _Run._backward}
+_HANDLERS = {Forward: Run._forward, ForwardTape: Run._forward, Save: Run._save, Load: Run._load,
+             Free: Run._free, Loss: Run._loss, Backward: Run._backward}
 
 
 def execute(schedule: Schedule, backend, x, y=None) -> Result:
@@ -280,7 +280,7 @@ def execute(schedule: Schedule, backend, x, y=None) -> Result:
     return start(schedule, backend, x, y).run(schedule)
 
 
-def start(schedule: Schedule, backend, x, y=None, explain: bool = False, account: bool = True) -> _Run:
+def start(schedule: Schedule, backend, x, y=None, explain: bool = False, account: bool = True) -> Run:
     """Check and set up a run that the caller steps through in parts (``run.steps(actions)``).
 
     For callers that cannot run a schedule in one go: the torch wrappers run the
@@ -293,4 +293,4 @@ def start(schedule: Schedule, backend, x, y=None, explain: bool = False, account
     if schedule.is_training and y is None:
         raise ValueError("executor: a training schedule needs targets y (got y=None)")
     backend.check_inputs(schedule.n, x, y if schedule.is_training else None)
-    return _Run(schedule, backend, x, y, explain, account)
+    return Run(schedule, backend, x, y, explain, account)
