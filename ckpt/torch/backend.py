@@ -185,15 +185,19 @@ class BlockCall:
     leaves: list                   # constants (tensors detached), or None where a chain slot goes
     slots: tuple                   # (leaf position, index in the predecessor's output leaves)
     grad: tuple                    # (leaf position) of tensors that required grad
+    inplace: bool = False          # the block modifies an input in place
 
     def inputs(self, x: tuple, taped: bool):
         """(args, kwargs) from the predecessor's output leaves x; taped: inputs as the first call's."""
         leaves = list(self.leaves)
         for pos, j in self.slots:
             leaves[pos] = x[j]
+        if self.inplace:          # never modify a checkpoint or the caller's tensor; copies are not leaves
+            leaves = [v.clone() if isinstance(v, torch.Tensor) else v for v in leaves]
         if taped:
             for pos in self.grad:
-                leaves[pos] = leaves[pos].detach().requires_grad_()
+                v = leaves[pos]
+                leaves[pos] = v.detach().requires_grad_() if not self.inplace else v.detach().requires_grad_().clone()
         return tree_unflatten(leaves, self.spec)
 
 
@@ -205,7 +209,7 @@ class Step:
     def __init__(self, runner: "ChainRunner", plan: Plan):
         self.runner, self.plan = runner, plan
         self.track = runner.track_memory
-        self.outer = outer_saved_hooks()
+        self.outer = _callers_hooks()
         self.recorder = SavedRecorder(runner.resident()) if self.track else None
         self.autocast = _autocast_state()
         self.cuda = _cuda_devices()
@@ -288,17 +292,19 @@ class Step:
         ones it recomputes), taken while it is not yet known whether the block modifies them."""
         from_checkpoint = p - 1 in self.plan.schedule.first_sweep().saved
         chained = {pos for pos, _ in call.slots}
-        return [(pos, v._version, v.detach().clone()) for pos, v in enumerate(leaves)
-                if isinstance(v, torch.Tensor) and (from_checkpoint or pos not in chained)]
+        return [(pos, v._version, v.detach().clone() if from_checkpoint or pos not in chained else None)
+                for pos, v in enumerate(leaves) if isinstance(v, torch.Tensor)]
 
     def _check_inplace(self, k, call, leaves, clones) -> None:
         """If block k modified an input in place, re-run it from copies taken before (forced
         checkpoint) and fuse it with the block before it from the next step on."""
         if all(leaves[pos]._version == version for pos, version, _ in clones):
             return
+        call.inplace = True
+        copied = {pos for pos, _, copy in clones if copy is not None}
         for pos, _, copy in clones:
-            call.leaves[pos] = copy
-        copied = {pos for pos, _, _ in clones}
+            if copy is not None:
+                call.leaves[pos] = copy
         call.slots = tuple((pos, j) for pos, j in call.slots if pos not in copied)
         self.runner.found_inplace(k)
 
@@ -310,6 +316,7 @@ class Step:
                 h = Holder(tape)
                 holders.append(weakref.ref(h))
                 return h
+            pack.ckpt_own = True
             return saved_tensors_hooks(pack, _unpack)
         if self.recorder is not None:
             return self.recorder.hooks(self.outer)
@@ -413,6 +420,7 @@ class Step:
                 h.value = t.detach() if outer_pack is None else outer_pack(t)
             return None
 
+        pack.ckpt_own = True
         return saved_tensors_hooks(pack, _no_unpack)
 
     def _check_refilled(self, p: int) -> None:
@@ -422,6 +430,13 @@ class Step:
                                   f"{self.refill_count} when recomputed; the stage is not deterministic "
                                   f"(data-dependent control flow, or state that changed between the "
                                   f"forward and the backward)")
+
+
+def _callers_hooks():
+    """The caller's saved-tensor hooks (``save_on_cpu``…), or None; an enclosing step's are not:
+    a nested chain's saved tensors are its own holders, dropped and refilled by its own step."""
+    outer = outer_saved_hooks()
+    return None if outer is None or getattr(outer[0], "ckpt_own", False) else outer
 
 
 def _no_unpack(_):
