@@ -186,6 +186,7 @@ class BlockCall:
     slots: tuple                   # (leaf position, index in the predecessor's output leaves)
     grad: tuple                    # (leaf position) of tensors that required grad
     inplace: bool = False          # the block modifies an input in place
+    norms: list = ()               # its norm layers that update running statistics
 
     def inputs(self, x: tuple, taped: bool):
         """(args, kwargs) from the predecessor's output leaves x; taped: inputs as the first call's."""
@@ -224,8 +225,9 @@ class Step:
         self.refill_count = 0
 
     # -- first sweep: the model's own forward calls the blocks -------------------------------
-    def call(self, k: int, fn, args: tuple, kwargs: dict):
-        """Block k's output, run with grad as the schedule's first sweep says."""
+    def call(self, k: int, fn, args: tuple, kwargs: dict, module=None):
+        """Block k's output (``fn`` called; ``module`` owns its norm layers, default fn), run with
+        grad as the schedule's first sweep says."""
         if k != self.next_block:
             raise CheckpointError(f"ckpt.torch: block {k} was called where block {self.next_block} was "
                                   f"expected; the checkpointed blocks must be called once each per "
@@ -240,6 +242,7 @@ class Step:
         clones = None
         if p in plan.recomputed:
             call = self._record(k, fn, leaves, spec)
+            call.norms = _tracking_norms(fn if module is None else module)
             if opens and (k in self.runner.inplace or not self.runner.confirmed):
                 clones = self._copies_to_protect(p, call, leaves)
         with self._first_hooks(p):
@@ -384,7 +387,7 @@ class Step:
         if p in self.rng:
             self.rng[p].restore()
         blocks = self.plan.groups[p - 1]
-        norms = [m for k in blocks for m in _tracking_norms(self.calls[k].fn)]
+        norms = [m for k in blocks for m in self.calls[k].norms]
         with ExitStack() as stack:
             stack.enter_context(_running_stats_kept(norms))
             if taped:
@@ -510,11 +513,13 @@ class ChainRunner:
         self.confirmed = False              # a whole step ran: the in-place blocks are known
         self.last_stats: Stats | None = None
         self._plans: dict = {}
+        self._found: frozenset = frozenset()   # in-place blocks found by the current step
         self.plan()                          # a bad strategy or option fails here, not mid-training
 
     def reset(self, blocks) -> None:
         """Forget plans and in-place findings: the blocks changed."""
         self.blocks, self.inplace, self.confirmed, self._plans = blocks, frozenset(), False, {}
+        self._found = frozenset()
 
     def plan(self) -> Plan:
         """The plan for the blocks as currently fused."""
@@ -533,6 +538,8 @@ class ChainRunner:
         """A step for the next forward, or None when plain torch runs it (no grad, or nothing dropped)."""
         if not torch.is_grad_enabled():
             return None
+        if not self._found <= self.inplace:
+            self.inplace = self.inplace | self._found
         plan = self.plan()
         if plan.plain and not self.track_memory:
             s = plan.schedule
@@ -551,8 +558,9 @@ class ChainRunner:
         self.confirmed = True
 
     def found_inplace(self, k: int) -> None:
-        """Block k modifies its input in place: fuse it with its predecessor from now on."""
-        self.inplace = self.inplace | {k}
+        """Block k modifies its input in place: fuse it with its predecessor from the next step on
+        (this step's copies keep it correct; ``schedule`` stays the one this step runs)."""
+        self._found = self._found | {k}
 
     def resident(self) -> frozenset:
         """Storages of the blocks' parameters and buffers (not counted as saved bytes)."""

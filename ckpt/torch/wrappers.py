@@ -183,7 +183,7 @@ class CheckpointHandle:
         step = self._step
         if step is None:
             return forward(*args, **kwargs)
-        out = step.call(k, forward, args, kwargs)
+        out = step.call(k, forward, args, kwargs, self.blocks[k - 1])
         if k == len(self.blocks):
             self._step = None
         return out
