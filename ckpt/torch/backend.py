@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.graph import saved_tensors_hooks
 from torch.nn.modules.batchnorm import _NormBase
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import tree_flatten as _tree_flatten
+from torch.utils._pytree import tree_unflatten as _tree_unflatten
 
 from ..executor import Stats, start
 from ..schedule import Backward, Forward, ForwardTape, Free, Schedule, ScheduleError
@@ -166,10 +167,26 @@ def _running_stats_kept(norms: list):
                 b.copy_(v)
 
 
-def _tracking_norms(fn) -> list:
-    if not isinstance(fn, torch.nn.Module):
-        return []
-    return [m for m in fn.modules() if isinstance(m, _NormBase) and m.training and m.track_running_stats]
+_ONE_TENSOR = object()          # the spec of (args, kwargs) = ((tensor,), {}): the common case, no pytree walk
+
+
+def tree_flatten(tree):
+    """``torch.utils._pytree.tree_flatten``, short-cut for a lone tensor and ``((tensor,), {})``."""
+    if isinstance(tree, torch.Tensor):
+        return [tree], None
+    if (type(tree) is tuple and len(tree) == 2 and not tree[1] and type(tree[0]) is tuple
+            and len(tree[0]) == 1 and isinstance(tree[0][0], torch.Tensor)):
+        return [tree[0][0]], _ONE_TENSOR
+    return _tree_flatten(tree)
+
+
+def tree_unflatten(leaves, spec):
+    """The inverse of ``tree_flatten`` above."""
+    if spec is None:
+        return leaves[0]
+    if spec is _ONE_TENSOR:
+        return (leaves[0],), {}
+    return _tree_unflatten(leaves, spec)
 
 
 def _detached(leaves) -> tuple:
@@ -242,7 +259,7 @@ class Step:
         clones = None
         if p in plan.recomputed:
             call = self._record(k, fn, leaves, spec)
-            call.norms = _tracking_norms(fn if module is None else module)
+            call.norms = self.runner.norms_of(fn if module is None else module)
             if opens and (k in self.runner.inplace or not self.runner.confirmed):
                 clones = self._copies_to_protect(p, call, leaves)
         with self._first_hooks(p):
@@ -343,6 +360,8 @@ class Step:
         self.pos += 1
         if self.track:
             self.run._note_peak(0)
+            if self.pos == len(self.plan.schedule.actions):
+                self.run.result(self.plan.schedule)          # fills the stats' peak breakdown
 
     def _settle(self) -> None:
         """Run what is left when it is only Backward/Free (no tape left to recompute)."""
@@ -388,19 +407,22 @@ class Step:
             self.rng[p].restore()
         blocks = self.plan.groups[p - 1]
         norms = [m for k in blocks for m in self.calls[k].norms]
-        with ExitStack() as stack:
-            stack.enter_context(_running_stats_kept(norms))
+        with (_running_stats_kept(norms) if norms else _NO_HOOKS):
             if taped:
-                stack.enter_context(torch.enable_grad())
-                stack.enter_context(self._refill_hooks(p))
+                with torch.enable_grad(), self._refill_hooks(p):
+                    x = self._run_blocks(blocks, x, True)
+                self._check_refilled(p)
             else:
-                stack.enter_context(torch.no_grad())
-            for n, k in enumerate(blocks):
-                args, kwargs = self.calls[k].inputs(x, taped and n == 0)
-                x = tuple(tree_flatten(self.calls[k].fn(*args, **kwargs))[0])
-        if taped:
-            self._check_refilled(p)
+                with torch.no_grad():
+                    x = self._run_blocks(blocks, x, False)
         return _detached(x)
+
+    def _run_blocks(self, blocks, x: tuple, taped: bool) -> tuple:
+        for n, k in enumerate(blocks):
+            call = self.calls[k]
+            args, kwargs = call.inputs(x, taped and n == 0)
+            x = tree_flatten(call.fn(*args, **kwargs))[0]
+        return x
 
     def _refill_hooks(self, p: int):
         tape = self.tapes[p]
@@ -514,6 +536,7 @@ class ChainRunner:
         self.last_stats: Stats | None = None
         self._plans: dict = {}
         self._found: frozenset = frozenset()   # in-place blocks found by the current step
+        self._norms: dict = {}                 # id(module) → (module, its norm layers)
         self.plan()                          # a bad strategy or option fails here, not mid-training
 
     def reset(self, blocks) -> None:
@@ -556,6 +579,15 @@ class ChainRunner:
         if step is not None:
             self.last_stats = step.run.stats
         self.confirmed = True
+
+    def norms_of(self, module) -> list:
+        """The norm layers in ``module`` that update running statistics now (searched once per module)."""
+        entry = self._norms.get(id(module))
+        if entry is None or entry[0] is not module:
+            layers = ([m for m in module.modules() if isinstance(m, _NormBase)]
+                      if isinstance(module, torch.nn.Module) else [])
+            entry = self._norms[id(module)] = (module, layers)
+        return [m for m in entry[1] if m.training and m.track_running_stats]
 
     def found_inplace(self, k: int) -> None:
         """Block k modifies its input in place: fuse it with its predecessor from the next step on
