@@ -171,13 +171,17 @@ _ONE_TENSOR = object()          # the spec of (args, kwargs) = ((tensor,), {}): 
 
 
 def tree_flatten(tree):
-    """``torch.utils._pytree.tree_flatten``, short-cut for a lone tensor and ``((tensor,), {})``."""
+    """``torch.utils._pytree.tree_flatten``, short-cut for a lone tensor."""
     if isinstance(tree, torch.Tensor):
         return [tree], None
-    if (type(tree) is tuple and len(tree) == 2 and not tree[1] and type(tree[0]) is tuple
-            and len(tree[0]) == 1 and isinstance(tree[0][0], torch.Tensor)):
-        return [tree[0][0]], _ONE_TENSOR
     return _tree_flatten(tree)
+
+
+def flatten_call(args: tuple, kwargs: dict):
+    """Leaves and spec of a call's (args, kwargs), short-cut for one tensor argument."""
+    if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
+        return [args[0]], _ONE_TENSOR
+    return _tree_flatten((args, kwargs))
 
 
 def tree_unflatten(leaves, spec):
@@ -253,7 +257,7 @@ class Step:
         plan = self.plan
         p = plan.group_of[k]
         opens = plan.groups[p - 1][0] == k
-        leaves, spec = tree_flatten((args, kwargs))
+        leaves, spec = flatten_call(args, kwargs)
         if opens:
             self._open_stage(p, leaves)
         clones = None
