@@ -413,3 +413,15 @@ def test_checkpoint_modules_errors_say_what_to_do():
             out.sum().backward()
         with pytest.raises(ValueError, match="already checkpointed"):
             ckpt.checkpoint_modules(blocks_)
+
+
+def test_a_stage_that_saves_differently_when_recomputed_is_an_error_not_a_wrong_gradient():
+    calls = [0]
+
+    def moody(h):
+        calls[0] += 1
+        return h.exp() if calls[0] == 1 else h.exp().sin().asin()     # more saves on the re-run
+    model = ckpt.CheckpointedSequential([moody, nn.Linear(3, 3).double()], strategy="recompute")
+    out = model(torch.randn(2, 3, dtype=torch.float64, requires_grad=True))
+    with pytest.raises(ckpt.CheckpointError, match="stage 1 saved .* not deterministic"):
+        out.sum().backward()
