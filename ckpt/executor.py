@@ -283,8 +283,9 @@ def execute(schedule: Schedule, backend, x, y=None) -> Result:
 def start(schedule: Schedule, backend, x, y=None, explain: bool = False, account: bool = True) -> Run:
     """Check and set up a run that the caller steps through in parts (``run.steps(actions)``).
 
-    For callers that cannot run a schedule in one go: the torch wrappers run the
-    actions before ``Loss()`` in autograd's forward and the rest in its backward.
+    For callers that cannot run a schedule in one go: the torch backend runs the
+    actions before ``Loss()`` as the model's own forward calls its blocks, and the
+    rest lazily, as autograd's backward unpacks the saved tensors of dropped stages.
     ``account=False`` skips the byte ledger (Stats then has step counts only).
     """
     if not isinstance(schedule, Schedule):

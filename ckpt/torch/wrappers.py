@@ -18,7 +18,6 @@ import weakref
 from collections import OrderedDict
 from functools import lru_cache
 
-import torch
 from torch import nn
 
 from ..executor import Stats
