@@ -103,15 +103,13 @@ __all__ = [
 
 
 # torch wrappers, imported on first use so that numpy-only use never imports torch
-_TORCH_NAMES = {
-    "CheckpointedSequential": "torch_api", "checkpoint_sequential": "torch_api",
-    "saved_residuals": "inspect_torch",
-    "print_saved_residuals": "inspect_torch", "saved_bytes": "inspect_torch",
-}
+_TORCH_NAMES = ("CheckpointedSequential", "checkpoint_sequential", "checkpoint_modules",
+                "remove_checkpointing", "CheckpointError", "saved_residuals", "print_saved_residuals",
+                "saved_bytes")
 
 
 def __getattr__(name):
     if name in _TORCH_NAMES:
         import importlib
-        return getattr(importlib.import_module(f".{_TORCH_NAMES[name]}", __name__), name)
+        return getattr(importlib.import_module(".torch", __name__), name)
     raise AttributeError(f"module 'ckpt' has no attribute {name!r}")

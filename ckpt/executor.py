@@ -124,7 +124,7 @@ class _NoLedger:
     release = hold
 
 
-class _Run:
+class Run:
     """The state of one execution; one handler per action type."""
 
     def __init__(self, schedule: Schedule, backend, x, y, explain: bool = False, account: bool = True):
@@ -276,8 +276,8 @@ class _Run:
         return Result(None, None, None, self.current[1], self.stats)
 
 
-_HANDLERS = {Forward: _Run._forward, ForwardTape: _Run._forward, Save: _Run._save, Load: _Run._load,
-             Free: _Run._free, Loss: _Run._loss, Backward: _Run._backward, Update: _Run._update}
+_HANDLERS = {Forward: Run._forward, ForwardTape: Run._forward, Save: Run._save, Load: Run._load,
+             Free: Run._free, Loss: Run._loss, Backward: Run._backward, Update: Run._update}
 
 
 def execute(schedule: Schedule, backend, x, y=None) -> Result:
@@ -285,11 +285,12 @@ def execute(schedule: Schedule, backend, x, y=None) -> Result:
     return start(schedule, backend, x, y).run(schedule)
 
 
-def start(schedule: Schedule, backend, x, y=None, explain: bool = False, account: bool = True) -> _Run:
+def start(schedule: Schedule, backend, x, y=None, explain: bool = False, account: bool = True) -> Run:
     """Check and set up a run that the caller steps through in parts (``run.steps(actions)``).
 
-    For callers that cannot run a schedule in one go: the torch wrappers run the
-    actions before ``Loss()`` in autograd's forward and the rest in its backward.
+    For callers that cannot run a schedule in one go: the torch backend runs the
+    actions before ``Loss()`` as the model's own forward calls its blocks, and the
+    rest lazily, as autograd's backward unpacks the saved tensors of dropped stages.
     ``account=False`` skips the byte ledger (Stats then has step counts only).
     """
     if not isinstance(schedule, Schedule):
@@ -300,7 +301,7 @@ def start(schedule: Schedule, backend, x, y=None, explain: bool = False, account
     backend.check_inputs(schedule.n, x, y if schedule.is_training else None)
     if schedule.is_fused:
         _check_can_update(backend)
-    return _Run(schedule, backend, x, y, explain, account)
+    return Run(schedule, backend, x, y, explain, account)
 
 
 def _check_can_update(backend) -> None:

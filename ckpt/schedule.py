@@ -230,6 +230,15 @@ def _index_in(i, low: int, high: int) -> bool:
 
 
 @dataclass(frozen=True)
+class FirstSweep:
+    """A training schedule's part before ``Loss()``: where it ends, stages taped, activations saved."""
+
+    loss_index: int
+    taped: frozenset
+    saved: frozenset
+
+
+@dataclass(frozen=True)
 class Schedule:
     """An immutable sequence of actions over a chain of ``n`` stages."""
 
@@ -295,6 +304,58 @@ class Schedule:
             if walk.step(a):
                 raise ScheduleError("schedule: peak_stored needs a valid schedule; call validate()")
         return walk.peak_stored
+
+    # -- analyses (what a backend that cannot re-order the first sweep needs) --
+    def first_sweep(self) -> "FirstSweep":
+        """The part before ``Loss()`` as one sweep 1..n: stages taped, activations saved.
+
+        Raises ``ScheduleError`` unless that part is ``Forward``/``ForwardTape`` of
+        1..n in order with ``Save``/``Free`` between (a model's own forward runs once).
+        """
+        cached = self.__dict__.get("_first_sweep")
+        if cached is not None:
+            return cached
+        self.validate()
+        if not self.is_training:
+            raise ScheduleError("schedule: first_sweep needs a training schedule (one with Loss())")
+        end = self.actions.index(Loss())
+        taped, saved, expected = set(), set(), 1
+        for k, a in enumerate(self.actions[:end]):
+            if isinstance(a, (Forward, ForwardTape)):
+                if a.i != expected:
+                    raise ScheduleError(f"schedule: action #{k} {a!r}: the part before Loss() must run "
+                                        f"stages 1..{self.n} once each in order, but it runs stage {a.i} "
+                                        f"where stage {expected} comes next")
+                expected += 1
+                if isinstance(a, ForwardTape):
+                    taped.add(a.i)
+            elif isinstance(a, Save):
+                saved.add(a.i)
+            elif isinstance(a, Load):
+                raise ScheduleError(f"schedule: action #{k} {a!r}: the part before Loss() must be one "
+                                    f"sweep 1..{self.n}; it may Save and Free but not Load")
+        sweep = FirstSweep(end, frozenset(taped), frozenset(saved))
+        object.__setattr__(self, "_first_sweep", sweep)
+        return sweep
+
+    def recomputed_stages(self) -> frozenset:
+        """Stages the schedule runs forward more than once."""
+        counts: dict[int, int] = {}
+        for a in self.actions:
+            if isinstance(a, (Forward, ForwardTape)):
+                counts[a.i] = counts.get(a.i, 0) + 1
+        return frozenset(i for i, c in counts.items() if c > 1)
+
+    def replay_starts(self) -> frozenset:
+        """Stages a re-run starts from: the first forward after a ``Load``.
+
+        Every re-run is ``Load(j)`` then stages j+1, j+2, … in order, as in the first
+        sweep, so restoring the RNG state that stage j+1 first saw replays the whole
+        run's random draws: one RNG state per replay start, not per stage.
+        """
+        acts = self.actions
+        return frozenset(b.i for a, b in zip(acts, acts[1:])
+                         if isinstance(a, Load) and isinstance(b, (Forward, ForwardTape)))
 
     def __str__(self) -> str:
         head = (f"Schedule(n={self.n}: {len(self)} actions, {self.forward_steps} forward, "

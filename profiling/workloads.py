@@ -240,19 +240,27 @@ def saved_tensor_counter():
 
     ``totals`` gets ``bytes`` (every distinct storage packed) and is filled while the
     hooks are active; storages listed in ``totals['exclude']`` (parameters, inputs) are skipped.
+    Counting is ckpt.torch's one recorder (``SavedRecorder``: one notion of storage identity).
     """
-    import torch
-    totals = {"bytes": 0, "seen": set(), "exclude": set()}
+    totals = _SavedTotals()
+    return totals.recorder.hooks(), totals
 
-    def pack(t):
-        st = t.untyped_storage()
-        key = (st.data_ptr(), t.device.type)
-        if key not in totals["seen"] and st.data_ptr() not in totals["exclude"]:
-            totals["seen"].add(key)
-            totals["bytes"] += st.nbytes()
-        return t.detach()          # not t: a saved output holding itself is a cycle only gc frees
 
-    return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), totals
+class _SavedTotals(dict):
+    """``totals['bytes']`` read from the recorder; ``totals['exclude']`` is its set of excluded storages."""
+
+    def __init__(self):
+        from ckpt.torch.hooks import SavedRecorder
+        super().__init__(exclude=set())
+        self.recorder = SavedRecorder(self["exclude"])
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        if key == "exclude":
+            self.recorder.exclude = value
+
+    def __getitem__(self, key):
+        return self.recorder.bytes if key == "bytes" else super().__getitem__(key)
 
 
 def he_linear(torch, width: int):

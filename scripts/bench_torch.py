@@ -48,7 +48,7 @@ import torch.utils.checkpoint as tuc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ckpt  # noqa: E402
-from ckpt.torch_api import CheckpointedSequential  # noqa: E402
+from ckpt import CheckpointedSequential  # noqa: E402
 from profiling.environment import cpu_model  # noqa: E402
 from profiling.workloads import he_linear  # noqa: E402
 

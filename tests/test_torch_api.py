@@ -9,7 +9,7 @@ from torch import nn  # noqa: E402
 
 import ckpt  # noqa: E402
 from ckpt import every_segment  # noqa: E402
-from ckpt.torch_api import CheckpointedSequential, checkpoint_sequential  # noqa: E402
+from ckpt import CheckpointedSequential, checkpoint_sequential  # noqa: E402
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
@@ -291,12 +291,16 @@ def test_last_stats_count_forward_steps_and_bytes_when_asked(track_memory):
     assert track_memory or stats.peak_bytes == stats.peak_saved_bytes == 0
 
 
-def test_second_backward_says_what_to_do():
-    wrapped = CheckpointedSequential(mlp(), "sqrt_n")
-    loss = wrapped(torch.randn(4, 6, dtype=torch.float64)).sum()
-    loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="already backwarded"):
+@pytest.mark.parametrize("strategy,options", CASES, ids=IDS)
+def test_second_backward_over_a_retained_graph_accumulates_as_plain(strategy, options):
+    plain, wrapped = mlp(), CheckpointedSequential(mlp(), strategy, **options)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    for m in (plain, wrapped):
+        loss = m(x).square().sum()
+        loss.backward(retain_graph=True)
         loss.backward()
+    for p, p0 in zip(wrapped.parameters(), plain.parameters()):
+        assert torch.equal(p.grad, p0.grad)
 
 
 def test_bad_arguments_say_what_is_wrong():

@@ -6,7 +6,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import ckpt  # noqa: E402
-from ckpt.torch_api import CheckpointedSequential  # noqa: E402
+from ckpt import CheckpointedSequential  # noqa: E402
 
 
 def relu_mlp(depth, width, dtype=torch.float32):

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.autograd.graph import saved_tensors_hooks
 
-from .backends.torch_backend import entry, items, kind, rebuild, storage_key
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from .hooks import SavedRecorder, storage_key
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def _stages(model) -> list[tuple[str, object]]:
         return [(str(k), m) for k, m in enumerate(model)]
     if callable(model):
         return [(type(model).__name__, model)]
-    raise TypeError(f"inspect_torch: expected an nn.Sequential, a list of stages or a module, "
+    raise TypeError(f"ckpt.torch.inspect: expected an nn.Sequential, a list of stages or a module, "
                     f"got {type(model).__name__}")
 
 
@@ -91,7 +92,8 @@ def saved_residuals(model, *inputs) -> list[StageResiduals]:
     x = inputs[0] if len(inputs) == 1 else inputs
     buffers = [(b, b.detach().clone()) for _, s in stages if isinstance(s, nn.Module) for b in s.buffers()]
     resident, earlier, report = _resident(stages), {}, []
-    needs = any(t.requires_grad for t in items(x) if isinstance(t, torch.Tensor))
+    leaves = tree_flatten(x)[0]
+    needs = any(t.requires_grad for t in leaves if isinstance(t, torch.Tensor))
     with torch.random.fork_rng(devices=_cuda_devices(x, stages)), torch.enable_grad():
         for i, (name, stage) in enumerate(stages, start=1):
             x, stage_report = _one_stage(i, name, stage, x, needs, resident, earlier)
@@ -103,37 +105,39 @@ def saved_residuals(model, *inputs) -> list[StageResiduals]:
     return report
 
 
+def _floating(t) -> bool:
+    return isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())
+
+
 def _one_stage(i, name, stage, x, needs, resident, earlier):
-    inputs = [entry(t) if needs and (t.is_floating_point() or t.is_complex())
-              else t.detach() if isinstance(t, torch.Tensor) else t for t in items(x)]
-    saved = {}
-
-    def pack(t):
-        key = storage_key(t)
-        if key not in resident:
-            saved.setdefault(key, t)
-        return t.detach()          # not t: a saved output holding itself is a cycle only gc frees
-
-    with saved_tensors_hooks(pack, lambda t: t):
-        out = stage(rebuild(kind(x), inputs))
-    reasons = _reasons(items(out))
+    leaves, spec = tree_flatten(x)
+    inputs = [t.detach().requires_grad_(needs and _floating(t)) if isinstance(t, torch.Tensor) else t
+              for t in leaves]
+    recorder = SavedRecorder(resident, keep_tensors=True)
+    with recorder.hooks():
+        out = stage(tree_unflatten(inputs, spec))
+    saved = recorder.tensors
+    out_leaves = tree_flatten(out)[0]
+    several_in, several_out = len(leaves) > 1, len(out_leaves) > 1
+    reasons = _reasons(out_leaves)
     for k, t in enumerate(t for t in inputs if isinstance(t, torch.Tensor)):
-        reasons[storage_key(t)] = f"input x_{i - 1}" + (f"[{k}]" if kind(x) else "")
-    for k, t in enumerate(t for t in items(out) if isinstance(t, torch.Tensor)):
-        reasons.setdefault(storage_key(t), f"output x_{i}" + (f"[{k}]" if kind(out) else ""))
+        reasons[storage_key(t)] = f"input x_{i - 1}" + (f"[{k}]" if several_in else "")
+    for k, t in enumerate(t for t in out_leaves if isinstance(t, torch.Tensor)):
+        reasons.setdefault(storage_key(t), f"output x_{i}" + (f"[{k}]" if several_out else ""))
     tensors = tuple(SavedTensor(tuple(t.shape), t.dtype, t.untyped_storage().nbytes(),
                                 reasons.get(key, "intermediate"), key not in earlier)
                     for key, t in saved.items())
     earlier.update(saved)        # kept alive to the end, as a plain forward keeps them, so no
-    saved.clear()                # later stage reuses their storage; none left in pack's reach
+    recorder.tensors = {}        # later stage reuses their storage; none left in pack's reach
     tape = sum(s.nbytes for s in tensors)
     new = sum(s.nbytes for s in tensors if s.new)
-    plain = rebuild(kind(out), [o.detach() if isinstance(o, torch.Tensor) else o for o in items(out)])
+    plain = tree_unflatten([o.detach() if isinstance(o, torch.Tensor) else o for o in out_leaves],
+                           tree_flatten(out)[1])
     return plain, StageResiduals(i, f"{name}: {type(stage).__name__}", tensors, tape, new)
 
 
 def _cuda_devices(x, stages) -> list:
-    tensors = [t for t in items(x) if isinstance(t, torch.Tensor)]
+    tensors = [t for t in tree_flatten(x)[0] if isinstance(t, torch.Tensor)]
     tensors += [p for _, s in stages if isinstance(s, nn.Module) for p in s.parameters()]
     return sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
 

@@ -1,0 +1,253 @@
+"""Checkpointing for real torch models: any strategy's schedule, on autograd's own graph.
+
+    model = ckpt.CheckpointedSequential(nn.Sequential(*blocks), strategy="sqrt_n")
+    y = ckpt.checkpoint_sequential(blocks, segments=4, input=x)       # torch's call shape
+    with ckpt.checkpoint_modules(model.transformer.h, strategy="sqrt_n"):   # in place, undoable
+        loss = model(ids, labels=ids).loss
+
+See ``ckpt.torch.backend`` for how a schedule runs.  Differences from
+``torch.utils.checkpoint``: every segment of ``checkpoint_sequential`` is
+checkpointed (torch tapes the last one), recomputation replays the RNG and does
+not update BatchNorm running statistics again (pytorch#96136), and blocks that
+modify their input in place are fused with the block before them.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+from functools import lru_cache
+
+from torch import nn
+
+from ..executor import Stats
+from ..schedule import Schedule
+from ..strategies import every_segment
+from .backend import ChainRunner, CheckpointError  # noqa: F401 (re-exported)
+
+
+class _Stage(nn.Module):
+    """A plain callable as a stage of a ``CheckpointedSequential``."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return getattr(self.fn, "__name__", repr(self.fn))
+
+
+def _as_modules(modules) -> OrderedDict:
+    if isinstance(modules, nn.Sequential):
+        return OrderedDict(modules.named_children())
+    if isinstance(modules, OrderedDict):
+        pairs = modules.items()
+    elif isinstance(modules, (list, tuple, nn.ModuleList)):
+        pairs = ((str(k), m) for k, m in enumerate(modules))
+    else:
+        raise TypeError(f"ckpt.torch: expected an nn.Sequential, a list of modules/callables or an "
+                        f"OrderedDict of them, got {type(modules).__name__}; wrap a single module "
+                        f"as [module]")
+    out = OrderedDict()
+    for name, m in pairs:
+        if not callable(m):
+            raise TypeError(f"ckpt.torch: stage {name!r} is a {type(m).__name__}, not a module or callable")
+        out[name] = m if isinstance(m, nn.Module) else _Stage(m)
+    if not out:
+        raise ValueError("ckpt.torch: a checkpointed chain needs at least one stage, got none")
+    return out
+
+
+def _run_chain(runner: ChainRunner, stages: list, x):
+    step = runner.start()
+    if step is None:
+        for stage in stages:
+            x = stage(x)
+        return x
+    for k, stage in enumerate(stages, start=1):
+        x = step.call(k, stage, (x,), {})
+    return x
+
+
+class CheckpointedSequential(nn.Sequential):
+    """An ``nn.Sequential`` whose training step follows a checkpointing strategy's schedule.
+
+    ``strategy`` is a registered name (``ckpt.strategies()``) or a function
+    ``(n, **options) -> Schedule``; ``options`` go to it (e.g. ``segments=4``).
+    Each top-level module is one stage (a stage that modifies its input in place is
+    fused with the one before it).  State-dict keys are those of the wrapped
+    ``nn.Sequential``.  After each forward, ``last_stats`` holds the executor's
+    step counts (complete once the backward has run) and, with
+    ``track_memory=True``, its byte peaks (saved bytes as torch keeps them).
+    """
+
+    def __init__(self, modules, strategy="sqrt_n", preserve_rng_state: bool = True,
+                 track_memory: bool = False, **options):
+        super().__init__(_as_modules(modules))
+        self._runner = ChainRunner(list(self._modules.values()), strategy, preserve_rng_state,
+                                   track_memory, **options)
+        self.strategy, self.options = strategy, options
+        self.preserve_rng_state, self.track_memory = preserve_rng_state, track_memory
+
+    @property
+    def schedule(self) -> Schedule:
+        """The validated schedule over the planned stages."""
+        return self._runner.plan().schedule
+
+    @property
+    def last_stats(self) -> Stats | None:
+        """Counts (and bytes, with ``track_memory``) of the latest training step."""
+        return self._runner.last_stats
+
+    def forward(self, *inputs):
+        """x_n for input(s) x_0 (several inputs arrive at stage 1 as one tuple)."""
+        x = inputs[0] if len(inputs) == 1 else inputs
+        if len(self._runner.blocks) != len(self._modules):
+            self._runner.reset(list(self._modules.values()))
+        return _run_chain(self._runner, list(self._modules.values()), x)
+
+    def extra_repr(self) -> str:
+        opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        return f"strategy={getattr(self.strategy, '__name__', self.strategy)!r}{opts}"
+
+
+_RUNNERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def checkpoint_sequential(functions, segments: int, input, use_reentrant=None,
+                          preserve_rng_state: bool = True, **kwargs):
+    """``torch.utils.checkpoint.checkpoint_sequential``'s call, every segment checkpointed.
+
+    ``use_reentrant`` is accepted for compatibility and ignored (there is one engine:
+    autograd's own graph with saved-tensor hooks).  Other keyword arguments of
+    torch's version are refused.
+    """
+    if kwargs:
+        raise TypeError(f"ckpt.checkpoint_sequential: unsupported arguments {sorted(kwargs)}; "
+                        f"supported: functions, segments, input, use_reentrant, preserve_rng_state")
+    if not isinstance(segments, int) or isinstance(segments, bool) or segments < 1:
+        raise ValueError(f"ckpt.checkpoint_sequential: segments must be an int ≥ 1, got {segments!r}")
+    stages = list(_as_modules(functions).values())
+    key = (segments, preserve_rng_state)
+    cache = _RUNNERS.setdefault(functions, {}) if isinstance(functions, nn.Module) else {}
+    runner = cache.get(key)
+    if runner is None or len(runner.blocks) != len(stages):
+        runner = cache[key] = ChainRunner(stages, preserve_rng_state=preserve_rng_state,
+                                          schedule_fn=lambda n: _every_segment(n, segments))
+    return _run_chain(runner, stages, input)
+
+
+@lru_cache(maxsize=64)
+def _every_segment(n: int, segments: int) -> Schedule:
+    return every_segment(n, segments).validate()
+
+
+# ------------------------------------------------------------------ in place on a model
+
+class CheckpointHandle:
+    """Checkpointing applied to blocks of a model: its schedule, stats, and ``remove()``.
+
+    Also a context manager: checkpointing ends when the ``with`` block does.
+    """
+
+    def __init__(self, blocks: list, strategy, preserve_rng_state, track_memory, options):
+        self.blocks = blocks
+        self.runner = ChainRunner(blocks, strategy, preserve_rng_state, track_memory, **options)
+        self._step = None
+        for k, block in enumerate(blocks, start=1):
+            if getattr(block, "_ckpt_handle", None) is not None:
+                raise ValueError(f"ckpt.torch: block {k} ({type(block).__name__}) is already "
+                                 f"checkpointed; call ckpt.remove_checkpointing first")
+        for k, block in enumerate(blocks, start=1):
+            block._ckpt_handle = self
+            block.forward = _checkpointed_forward(self, k, block.forward)
+
+    @property
+    def schedule(self) -> Schedule:
+        """The validated schedule over the planned stages."""
+        return self.runner.plan().schedule
+
+    @property
+    def last_stats(self) -> Stats | None:
+        """Counts (and bytes, with ``track_memory``) of the latest training forward."""
+        return self.runner.last_stats
+
+    def call(self, k: int, forward, args, kwargs):
+        """Block k's output: the chain's first sweep when grad is on, plain otherwise."""
+        if k == 1:
+            self._step = self.runner.start()
+        step = self._step
+        if step is None:
+            return forward(*args, **kwargs)
+        out = step.call(k, forward, args, kwargs, self.blocks[k - 1])
+        if k == len(self.blocks):
+            self._step = None
+        return out
+
+    def remove(self) -> None:
+        """Give every block back its own forward."""
+        for block in self.blocks:
+            if getattr(block, "_ckpt_handle", None) is self:
+                del block.forward
+                del block._ckpt_handle
+        self._step = None
+
+    def __enter__(self) -> "CheckpointHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def _checkpointed_forward(handle: CheckpointHandle, k: int, forward):
+    def checkpointed(*args, **kwargs):
+        return handle.call(k, forward, args, kwargs)
+    checkpointed.__wrapped__ = forward
+    return checkpointed
+
+
+def _blocks_of(modules) -> list:
+    if isinstance(modules, nn.Module) and not isinstance(modules, (nn.Sequential, nn.ModuleList)):
+        raise TypeError(f"ckpt.checkpoint_modules: expected the blocks to checkpoint (an nn.ModuleList, "
+                        f"nn.Sequential or list of modules, e.g. model.transformer.h), got a "
+                        f"{type(modules).__name__}")
+    blocks = list(modules)
+    if not blocks or not all(isinstance(b, nn.Module) for b in blocks):
+        raise TypeError("ckpt.checkpoint_modules: expected a non-empty list of nn.Module blocks, got "
+                        f"{[type(b).__name__ for b in blocks]}")
+    if len({id(b) for b in blocks}) != len(blocks):
+        raise ValueError("ckpt.checkpoint_modules: a block is listed twice; list each block once, in call order")
+    return blocks
+
+
+def checkpoint_modules(modules, strategy="sqrt_n", preserve_rng_state: bool = True,
+                       track_memory: bool = False, **options) -> CheckpointHandle:
+    """Checkpoint the listed blocks of an existing model in place; the model's forward is unchanged.
+
+    The blocks, in the order the model calls them, form the chain the schedule plans
+    over; they may take any arguments and return any pytree.  Undo with
+    ``handle.remove()``, ``ckpt.remove_checkpointing(model)`` or ``with``.
+    """
+    return CheckpointHandle(_blocks_of(modules), strategy, preserve_rng_state, track_memory, options)
+
+
+def remove_checkpointing(model_or_modules) -> int:
+    """Undo ``checkpoint_modules`` on every block in ``model_or_modules``; returns how many were undone."""
+    if isinstance(model_or_modules, nn.Module):
+        candidates = model_or_modules.modules()
+    else:
+        candidates = (m for item in model_or_modules for m in item.modules())
+    handles = {id(h): h for m in candidates
+               if (h := getattr(m, "_ckpt_handle", None)) is not None}
+    count = 0
+    for h in handles.values():
+        count += sum(getattr(b, "_ckpt_handle", None) is h for b in h.blocks)
+        h.remove()
+    return count
+
+
+__all__ = ["CheckpointedSequential", "checkpoint_sequential", "checkpoint_modules", "remove_checkpointing",
+           "CheckpointHandle", "CheckpointError"]
