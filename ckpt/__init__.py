@@ -12,10 +12,12 @@ from .chain import MLP, Chain
 from .executor import Residual, Result, Stats, execute
 from .layers import Dense
 from .memory import peak_residuals, predict_memory, print_peak_residuals
+from .planners import chen_greedy, min_feasible_budget, optimal, parse_bytes, pareto, revolve
+from .profile import Profile, StageCost, schedule_for
 from .schedule import (Backward, Forward, ForwardTape, Free, Load, Loss, Save, Schedule,
                        ScheduleError)
-from .strategies import (every_segment, forward_only, get_strategy, make_schedule, recompute,
-                         register_strategy, sqrt_n, store_all, strategies)
+from .strategies import (every_segment, forward_only, get_strategy, make_schedule, needs_profile,
+                         recompute, register_strategy, sqrt_n, store_all, strategies)
 
 
 def gradients(model: Chain, x, y, strategy="store_all", **options) -> Result:
@@ -35,6 +37,8 @@ __all__ = [
     "strategies", "make_schedule", "execute", "gradients", "forward", "predict_memory",
     "peak_residuals", "print_peak_residuals", "Residual",
     "NumpyBackend", "SymbolicBackend", "SymbolicArray",
+    "Profile", "StageCost", "schedule_for", "needs_profile", "revolve", "optimal", "pareto",
+    "chen_greedy", "min_feasible_budget", "parse_bytes",
 ]
 
 
