@@ -90,13 +90,16 @@ def _revolve_cost(length: int, slots: int) -> tuple[int, int]:
     return best
 
 
+_forward = lru_cache(maxsize=None)(Forward)     # actions are immutable: share them (revolve(300, 1) has 45k)
+
+
 def _revolve_actions(a: int, b: int, slots: int, loss: bool, out: list) -> None:
     """Backward stages b..a+1 with x_a current (and a checkpoint when b − a ≥ 2)."""
     if b - a == 1:
         out += [ForwardTape(b), *([Loss()] if loss else []), Backward(b)]
         return
     c = a + _revolve_cost(b - a, slots)[1]
-    out += [Forward(i) for i in range(a + 1, c + 1)]
+    out += map(_forward, range(a + 1, c + 1))
     if b - c >= 2:
         out.append(Save(c))
         _revolve_actions(c, b, slots - 1, loss, out)
