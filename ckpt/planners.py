@@ -259,17 +259,103 @@ def min_feasible_budget(profile: Profile) -> int:
     return _Planner(profile, first_only=True).solve(0, len(profile), True, True)[0][0]
 
 
+class _BudgetPlanner(_Planner):
+    """The same recursion for one budget: least time with peak ≤ m, memoised on intervals of m.
+
+    The answer of a sub-problem is a step function of its budget m: a plan of
+    time t and peak q found for budget m answers every budget in [q, m], and
+    infeasibility at m answers every budget below.  Splits c are tried in
+    rising order and cut off once the time bound (every stage forward and
+    backward once, stages a+1..c forward once more) reaches the best time found.
+    """
+
+    def __init__(self, profile: Profile):
+        super().__init__(profile)
+        n = self.n
+        self.FB = [0.0]
+        for i in range(1, n + 1):
+            self.FB.append(self.FB[-1] + self.F[i] + self.Bt[i])
+        self.known = {}
+
+    def best(self, a, b, pinned, pending, m):
+        """(time, peak, plan) of the fastest plan of (a, b) within budget m, or None."""
+        pinned = pinned or a == 0
+        key = (a, b, pinned, pending)
+        known = self.known.get(key)
+        if known is None:
+            known = self.known[key] = [-1, []]            # [infeasible up to, [(q, m, answer)]]
+        if m <= known[0]:
+            return None
+        start, floor = None, -math.inf         # a plan that fits m; a time no plan within m beats
+        for q, hi, answer in known[1]:
+            if q <= m <= hi:
+                return answer
+            if q <= m and (start is None or answer[0] < start[0]):
+                start = answer
+            if hi >= m:
+                floor = max(floor, answer[0])
+        answer = self._best(a, b, pinned, pending, m, start, floor)
+        if answer is None:
+            known[0] = max(known[0], m)
+        else:
+            known[1].append((answer[1], m, answer))
+        return answer
+
+    def _best(self, a, b, pinned, pending, m, start=None, floor=-math.inf):
+        X, xs = self.X, self.xs
+        base = (0 if pending else X[b]) + self.G[b]
+        cur = 0 if pinned else xs[a]
+        if a == b:
+            peak, time, plan = self._options(a, b, pinned, pending)[0]
+            return (time, peak, plan) if peak <= m else None
+        best = start
+        if best is not None and best[0] <= floor:
+            return best
+        i = a + 1
+        held = (cur if self.kin[i] else 0) + self.own[i] + (X[i] if self.kout[i] else 0)
+        notes = max(base + cur + self.f[i], held + X[i] + self.G[i] + self.r[i], X[a] + self.G[a])
+        if notes <= m:
+            child = self.best(i, b, self.kout[i], pending, m - held)
+            if child is not None and (best is None or self.F[i] + self.Bt[i] + child[0] < best[0]):
+                best = (self.F[i] + self.Bt[i] + child[0], max(notes, held + child[1]), ("tape", (0, 0, child[2])))
+        bound = self.FB[b] - self.FB[a] + (self.loss_time if pending else 0)
+        fw = self.f[a + 1]
+        for c in range(a + 1, b + (1 if pending else 0)):
+            forward_time = self.Fsum[c] - self.Fsum[a]
+            if best is not None and (bound + forward_time >= best[0] or best[0] <= floor):
+                break
+            if c > a + 1:
+                fw = max(fw, X[c - 1] + self.f[c])
+            if base + cur + fw > m:
+                break                                     # the forward alone no longer fits, nor for larger c
+            right = self.best(c, b, False, pending, m - cur)
+            left = right and self.best(a, c, pinned, False, m)
+            if not left:
+                continue
+            time = forward_time + right[0] + left[0]
+            if best is None or time < best[0]:
+                peak = max(base + cur + fw, cur + right[1], left[1])
+                best = (time, peak, ("ckpt", c, (0, 0, right[2]), (0, 0, left[2])))
+        return best
+
+
 @register_strategy("optimal")
 def optimal(profile: Profile, budget_bytes) -> Schedule:
     """Least predicted time whose predicted peak ≤ ``budget_bytes`` (exact bytes; class in module doc)."""
+    import sys
     budget = parse_bytes(budget_bytes)
-    planner = _Planner(profile, cap=budget)
-    front = [e for e in planner.solve(0, len(profile), True, True) if e[0] <= budget]
-    if not front:
+    planner = _BudgetPlanner(profile)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20 * len(profile) + 1000))      # one frame pair per nested sub-problem
+    try:
+        answer = planner.best(0, len(profile), True, True, budget)
+    finally:
+        sys.setrecursionlimit(limit)
+    if answer is None:
         least = min_feasible_budget(profile)
         raise ValueError(f"planners: no schedule fits a budget of {budget:,} B; the least feasible budget "
                          f"is {least:,} B ({least / 2**20:.2f} MiB): raise the budget or shrink the batch")
-    return _plan(planner, front[-1])
+    return _plan(planner, (answer[1], answer[0], answer[2]))
 
 
 # ------------------------------------------------------------------- Chen et al. 2016
