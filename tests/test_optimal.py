@@ -190,3 +190,25 @@ def test_chen_greedy_fits_its_budget():
             continue
         assert ckpt.predict_memory(profile, plan).peak_bytes <= budget
         assert profile.schedule_time(ckpt.optimal(profile, budget)) <= profile.schedule_time(plan)
+
+
+def test_plans_run_on_torch_with_gradients_bitwise_equal_store_all():
+    torch = pytest.importorskip("torch")
+    from torch import nn
+    torch.manual_seed(0)
+    widths = [24, 64, 16, 48, 8, 32, 12]
+    stages = nn.Sequential(*[nn.Sequential(nn.Linear(a, b), nn.Tanh()) for a, b in zip(widths, widths[1:])])
+    x = torch.randn(16, widths[0])
+    profile = Profile.from_torch(stages, x, repeats=1)
+
+    def grads(strategy):
+        stages.zero_grad(set_to_none=True)
+        model = ckpt.CheckpointedSequential(list(stages), strategy=strategy)
+        model(x).pow(2).sum().backward()
+        return [p.grad.clone() for p in stages.parameters()]
+
+    reference = grads("store_all")
+    peaks = [peak for peak, _, _ in pareto(profile)]
+    for budget in (peaks[0], peaks[len(peaks) // 2], peaks[-1]):
+        plan = ckpt.optimal(profile, budget)
+        assert all(torch.equal(a, b) for a, b in zip(grads(lambda n, s=plan: s), reference))
