@@ -28,6 +28,7 @@ peaks to the byte (a test re-executes every plan), times are the profile's sums.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from functools import lru_cache
@@ -259,6 +260,25 @@ def min_feasible_budget(profile: Profile) -> int:
     return _Planner(profile, first_only=True).solve(0, len(profile), True, True)[0][0]
 
 
+class _Intervals:
+    """Budgets [lo, hi] over which a sub-problem's answer is known, disjoint and sorted by lo."""
+
+    def __init__(self):
+        self.infeasible, self.lo, self.hi, self.answers = -1, [], [], []
+
+    def add(self, lo, hi, answer) -> None:
+        """Record ``answer`` for [lo, hi] (hi lies in no known interval; overlaps share its time)."""
+        k = bisect.bisect_left(self.lo, lo)
+        while k < len(self.lo) and self.hi[k] <= hi:          # intervals inside [lo, hi]
+            del self.lo[k], self.hi[k], self.answers[k]
+        if k and self.hi[k - 1] >= lo:                        # overlaps the one below: same time, keep its plan
+            self.hi[k - 1] = hi
+            return
+        self.lo.insert(k, lo)
+        self.hi.insert(k, hi)
+        self.answers.insert(k, answer)
+
+
 class _BudgetPlanner(_Planner):
     """The same recursion for one budget: least time with peak ≤ m, memoised on intervals of m.
 
@@ -283,22 +303,19 @@ class _BudgetPlanner(_Planner):
         key = (a, b, pinned, pending)
         known = self.known.get(key)
         if known is None:
-            known = self.known[key] = [-1, []]            # [infeasible up to, [(q, m, answer)]]
-        if m <= known[0]:
+            known = self.known[key] = _Intervals()
+        if m <= known.infeasible:
             return None
-        start, floor = None, -math.inf         # a plan that fits m; a time no plan within m beats
-        for q, hi, answer in known[1]:
-            if q <= m <= hi:
-                return answer
-            if q <= m and (start is None or answer[0] < start[0]):
-                start = answer
-            if hi >= m:
-                floor = max(floor, answer[0])
+        k = bisect.bisect_right(known.lo, m) - 1          # the interval starting at or below m
+        if k >= 0 and known.hi[k] >= m:
+            return known.answers[k]
+        start = known.answers[k] if k >= 0 else None       # fits m: an upper bound on the time
+        floor = known.answers[k + 1][0] if k + 1 < len(known.lo) else -math.inf   # answers more: a lower bound
         answer = self._best(a, b, pinned, pending, m, start, floor)
         if answer is None:
-            known[0] = max(known[0], m)
+            known.infeasible = max(known.infeasible, m)
         else:
-            known[1].append((answer[1], m, answer))
+            known.add(answer[1], m, answer)
         return answer
 
     def _best(self, a, b, pinned, pending, m, start=None, floor=-math.inf):
