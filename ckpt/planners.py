@@ -296,6 +296,24 @@ class _BudgetPlanner(_Planner):
         for i in range(1, n + 1):
             self.FB.append(self.FB[-1] + self.F[i] + self.Bt[i])
         self.known = {}
+        # Backward(i) holds at least δ_i, finished gradients, its tape and its transient:
+        # a lower bound on the peak of any sub-problem containing stage i (input x_{i-1} counted
+        # only when it is produced inside the sub-problem: i − 1 > a).
+        at = [0] + [X + self.G[i] + self.r[i] + self.own[i] + self.kout[i] * X + self.kin[i] * self.xs[i - 1]
+                    for i, X in enumerate(self.X[1:], start=1)]
+        self.inner_bound = [[0] * (n + 1) for _ in range(n + 1)]       # max of ``at`` over stages a+2..b
+        for a in range(n + 1):
+            run = 0
+            for b in range(a + 2, n + 1):
+                run = max(run, at[b])
+                self.inner_bound[a][b] = run
+
+    def _peak_bound(self, a, b, pinned, base, cur) -> int:
+        """A lower bound on the peak of every plan of (a, b): its first forward and its backwards."""
+        i = a + 1
+        first = (self.X[i] + self.G[i] + self.r[i] + self.own[i] + self.kout[i] * self.X[i]
+                 + (self.kin[i] * cur))
+        return max(base + cur + self.f[i], first, self.inner_bound[a][b])
 
     def best(self, a, b, pinned, pending, m):
         """(time, peak, plan) of the fastest plan of (a, b) within budget m, or None."""
@@ -328,6 +346,8 @@ class _BudgetPlanner(_Planner):
         best = start
         if best is not None and best[0] <= floor:
             return best
+        if best is None and self._peak_bound(a, b, pinned, base, cur) > m:
+            return None
         i = a + 1
         held = (cur if self.kin[i] else 0) + self.own[i] + (X[i] if self.kout[i] else 0)
         notes = max(base + cur + self.f[i], held + X[i] + self.G[i] + self.r[i], X[a] + self.G[a])
