@@ -249,14 +249,19 @@ def _plan(planner: _Planner, entry) -> Schedule:
 
 
 def pareto(profile: Profile) -> list[tuple[int, float, Schedule]]:
-    """Every (predicted peak bytes, predicted time, schedule) on the memory-vs-time frontier, peaks rising."""
+    """Every (predicted peak bytes, predicted time, schedule) on the memory-vs-time frontier, peaks rising.
+
+    Exact, and one solve answers every budget; but on heterogeneous chains the
+    frontiers of sub-problems grow with the number of distinct byte sums, so keep
+    it to n ≲ 30 (``optimal`` searches one budget and goes further).
+    """
     planner = _Planner(profile)
     front = planner.solve(0, len(profile), True, True)
     return [(e[0], e[1], _plan(planner, e)) for e in front]
 
 
 def min_feasible_budget(profile: Profile) -> int:
-    """The least budget (bytes) under which any schedule of the class exists."""
+    """The least budget (bytes) under which any schedule of the class exists (an O(n³) pass)."""
     return _Planner(profile, first_only=True).solve(0, len(profile), True, True)[0][0]
 
 
