@@ -22,7 +22,8 @@ from .strategies import (every_segment, forward_only, get_strategy, make_schedul
 
 def gradients(model: Chain, x, y, strategy="store_all", **options) -> Result:
     """One training step's loss, gradients and stats on numpy, with the chosen strategy (planners profile x's batch)."""
-    return execute(schedule_for(model, strategy, batch=len(x), **options), NumpyBackend(model), x, y)
+    batch = len(x) if needs_profile(strategy) else None
+    return execute(schedule_for(model, strategy, batch=batch, **options), NumpyBackend(model), x, y)
 
 
 def forward(model: Chain, x):
