@@ -16,10 +16,12 @@ from .executor import Residual, Result, Stats, execute
 from .layers import Dense
 from .memcheck import InsufficientMemoryError, check_fits, check_step, memory_limits
 from .memory import peak_residuals, predict_memory, print_peak_residuals
+from .planners import chen_greedy, min_feasible_budget, optimal, parse_bytes, pareto, revolve
+from .profile import Profile, StageCost, schedule_for
 from .schedule import (Backward, Forward, ForwardTape, Free, Load, Loss, Save, Schedule,
                        ScheduleError, Update, fuse_updates)
-from .strategies import (every_segment, forward_only, get_strategy, make_schedule, recompute,
-                         register_strategy, sqrt_n, store_all, strategies)
+from .strategies import (every_segment, forward_only, get_strategy, make_schedule, needs_profile,
+                         recompute, register_strategy, sqrt_n, store_all, strategies)
 
 
 def gradients(model: Chain, x, y, strategy="store_all", *, memory_check: bool = True,
@@ -72,7 +74,8 @@ def _check_model(model) -> Chain:
 
 def _training_schedule(model, backend, x, y, strategy, memory_check: bool, fused: bool, options: dict):
     """The validated training schedule; refused (before any work) for a prediction one, bad inputs, or no room."""
-    schedule = make_schedule(strategy, len(model), fused=fused, **options)
+    batch = len(x) if needs_profile(strategy) else None        # planners profile x's batch
+    schedule = schedule_for(model, strategy, batch=batch, fused=fused, **options)
     if not schedule.is_training:
         name = strategy if isinstance(strategy, str) else getattr(strategy, "__name__", repr(strategy))
         raise ValueError(f"ckpt: strategy {name!r} builds a prediction schedule (no Loss, no Backward), "
@@ -99,6 +102,8 @@ __all__ = [
     "strategies", "make_schedule", "execute", "gradients", "forward", "predict_memory",
     "peak_residuals", "print_peak_residuals", "Residual",
     "NumpyBackend", "SymbolicBackend", "SymbolicArray",
+    "Profile", "StageCost", "schedule_for", "needs_profile", "revolve", "optimal", "pareto",
+    "chen_greedy", "min_feasible_budget", "parse_bytes",
 ]
 
 

@@ -1,12 +1,19 @@
-"""The memory model: a schedule executed on shapes alone predicts peak bytes and step counts."""
+"""The memory model: a schedule executed on shapes alone predicts peak bytes and step counts.
+
+``model`` is a numpy ``Chain`` (run on its shapes by ``SymbolicBackend``) or a
+``ckpt.Profile`` (run on its byte counts by ``ProfileBackend``: torch models
+too); both count the same bytes for the same chain.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .backends.symbolic import SymbolicArray, SymbolicBackend
+from .backends.symbolic import ProfileBackend, SymbolicArray, SymbolicBackend
 from .executor import Residual, Stats, execute, start
-from .strategies import forward_only, make_schedule
+from .profile import Profile
+from .schedule import Schedule
+from .strategies import forward_only, make_schedule, needs_profile
 
 
 def symbolic_inputs(model, batch: int) -> tuple[SymbolicArray, SymbolicArray]:
@@ -22,9 +29,25 @@ def symbolic_inputs(model, batch: int) -> tuple[SymbolicArray, SymbolicArray]:
     return x, SymbolicArray(out_shape, model.dtype)
 
 
+def symbolic_setup(model, batch: int = 1):
+    """The symbolic backend, x and y for ``model`` (a Chain and batch, or a Profile)."""
+    if isinstance(model, Profile):
+        backend = ProfileBackend(model)
+        return backend, *backend.inputs()
+    return SymbolicBackend(model), *symbolic_inputs(model, batch)
+
+
+def _schedule(model, strategy, batch: int, options: dict):
+    """``strategy``'s schedule for ``model``, profiling a Chain when the strategy plans from costs."""
+    profile = None
+    if needs_profile(strategy):
+        profile = model if isinstance(model, Profile) else Profile.from_chain(model, batch)
+    return make_schedule(strategy, len(model), profile=profile, **options)
+
+
 def predict_memory(model, strategy="store_all", batch: int = 1, mode: str = "train", fused: bool = False,
                    **options) -> Stats:
-    """Predicted peak bytes and step counts of one step of ``model`` (train or predict mode).
+    """Predicted peak bytes and step counts of one step of ``model`` (a Chain or a Profile).
 
     ``fused=True``: the optimizer step is fused into the backward (``Update`` after
     each ``Backward``), so finished stages' gradients leave the peak.  Optimizer
@@ -33,20 +56,21 @@ def predict_memory(model, strategy="store_all", batch: int = 1, mode: str = "tra
     """
     if mode not in ("train", "predict"):
         raise ValueError(f"memory: mode must be 'train' or 'predict', got {mode!r}")
-    x, y = symbolic_inputs(model, batch)
-    schedule = make_schedule(strategy, len(model), fused=fused, **options)
+    backend, x, y = symbolic_setup(model, batch)
+    schedule = strategy if isinstance(strategy, Schedule) else _schedule(model, strategy, batch,
+                                                                         {**options, "fused": fused})
     if mode == "predict":
-        return execute(forward_only(len(model)), SymbolicBackend(model), x).stats
-    return execute(schedule, SymbolicBackend(model), x, y).stats
+        return execute(forward_only(len(model)), backend, x).stats
+    return execute(schedule, backend, x, y).stats
 
 
 def peak_residuals(model, strategy="store_all", batch: int = 1, **options) -> list[Residual]:
     """Every value held at the predicted peak of a training step, with its bytes and why it is there."""
-    x, y = symbolic_inputs(model, batch)
-    schedule = make_schedule(strategy, len(model), **options)
-    peak = execute(schedule, SymbolicBackend(model), x, y).stats
+    backend, x, y = symbolic_setup(model, batch)
+    schedule = strategy if isinstance(strategy, Schedule) else _schedule(model, strategy, batch, options)
+    peak = execute(schedule, backend, x, y).stats
     during = peak.peak_breakdown["in_flight"] > 0
-    run = start(schedule, SymbolicBackend(model), x, y, explain=True)
+    run = start(schedule, backend, x, y, explain=True)
     run.steps(schedule.actions[:peak.peak_action + (0 if during else 1)])
     action = schedule.actions[peak.peak_action]
     return run.residuals(peak.peak_breakdown["in_flight"], action)

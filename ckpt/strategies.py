@@ -14,6 +14,11 @@ Exact forward-step counts (each a test against the schedule itself):
 Names: a built-in strategy (store_all, recompute, sqrt_n) is replaced only with
 ``register_strategy(name, fn, replace=True)``; a name you registered yourself may
 be registered again (re-running a notebook cell or re-importing a plugin).
+
+A strategy may instead read the chain's cost ``ckpt.Profile``: it declares so by
+naming its first parameter ``profile`` (``optimal(profile, budget)``), and is
+called ``fn(profile, **options)``; ``make_schedule(..., profile=...)`` and
+``ckpt.schedule_for`` supply it.  ``(n, **options)`` strategies are unchanged.
 """
 
 from __future__ import annotations
@@ -65,15 +70,35 @@ def get_strategy(name: str) -> Strategy:
                          f"(register your own with ckpt.register_strategy)") from None
 
 
-def make_schedule(strategy: str | Strategy, n: int, fused: bool = False, **options) -> Schedule:
+def needs_profile(strategy: str | Strategy) -> bool:
+    """True when the strategy reads a cost profile (its first parameter is named ``profile``)."""
+    fn = strategy if callable(strategy) else get_strategy(strategy)
+    try:
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):        # builtins without a signature: (n, **options)
+        return False
+    return bool(params) and params[0] == "profile"
+
+
+def make_schedule(strategy: str | Strategy, n: int, profile=None, fused: bool = False, **options) -> Schedule:
     """Build and validate the schedule of ``strategy`` (a name or a function) for n stages.
 
+    A strategy that reads a profile (``needs_profile``) gets ``profile``, which
+    must describe the same n stages; other strategies ignore it.
     ``fused=True`` adds ``Update(i)`` after each ``Backward(i)`` (``ckpt.schedule.fuse_updates``).
     """
     _check_depth(n)
     fn = strategy if callable(strategy) else get_strategy(strategy)
     _check_options(strategy, fn, options)
-    schedule = fn(n, **options)
+    if needs_profile(fn):
+        if profile is None:
+            raise ValueError(f"strategies: {strategy!r} plans from a cost profile; pass profile=ckpt.Profile(...) "
+                             f"or use ckpt.schedule_for(model, {strategy!r}, batch=...)")
+        if len(profile) != n:
+            raise ValueError(f"strategies: the profile has {len(profile)} stages, the schedule is for n={n}")
+        schedule = fn(profile, **options)
+    else:
+        schedule = fn(n, **options)
     if not isinstance(schedule, Schedule):
         raise TypeError(f"strategies: {strategy!r} returned {type(schedule).__name__}, expected a Schedule")
     if schedule.n != n:

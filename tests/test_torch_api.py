@@ -17,7 +17,8 @@ TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 
 def strategy_cases():
     """(name or function, options) for every registered strategy, a few option variants, and ours."""
-    cases = [(name, {}) for name in ckpt.strategies()]
+    cases = [(name, {}) for name in ckpt.strategies() if name != "revolve" and not ckpt.needs_profile(name)]
+    cases += [("revolve", {"slots": 2})]        # planners from a profile: tests/test_optimal.py runs them on torch
     cases += [("sqrt_n", {"segments": 1}), ("sqrt_n", {"segments": 2}), ("sqrt_n", {"segments": 100}),
               (lambda n: every_segment(n, 2), {})]
     return cases

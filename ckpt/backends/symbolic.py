@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..layers import nbytes
+from ..schedule import Backward, Forward, ForwardTape, Loss
 from .base import ChainBackend
 
 
@@ -73,3 +74,61 @@ class SymbolicBackend(ChainBackend):
 
     def nbytes(self, value):
         return value.nbytes
+
+
+def _token(nbytes: int) -> SymbolicArray:
+    """A value of ``nbytes`` bytes and no shape worth knowing."""
+    return SymbolicArray((nbytes,), np.uint8)
+
+
+class ProfileBackend:
+    """Runs any chain described by a ``ckpt.Profile``: values are byte tokens, tapes share storages.
+
+    A tape holds its input x_{i-1} and output x_i themselves (the same tokens as
+    the activations, so the executor counts them once) when the profile says
+    so, plus one token for the rest of its bytes — the same bookkeeping the
+    ``SymbolicBackend`` does from a chain's layers.
+    """
+
+    def __init__(self, profile):
+        self.profile = profile
+
+    def inputs(self) -> tuple[SymbolicArray, SymbolicArray]:
+        """Symbolic x (the input's bytes) and y (targets: never counted)."""
+        return _token(self.profile.input_bytes), _token(0)
+
+    def check_inputs(self, n, x, y):
+        if n != len(self.profile):
+            raise ValueError(f"profile backend: the schedule is for {n} stages but the profile has "
+                             f"{len(self.profile)}; build the schedule with n={len(self.profile)}")
+
+    def forward(self, i, x, keep_tape):
+        cost = self.profile.stage(i)
+        out = _token(cost.output_bytes)
+        if not keep_tape:
+            return out, None
+        own = self.profile.tape_own_bytes(i)
+        tape = (x,) * cost.tape_keeps_input + (out,) * cost.tape_keeps_output + ((_token(own),) if own else ())
+        return out, tape
+
+    def loss(self, x, y):
+        return 0.0, _token(self.profile.activation_bytes(len(self.profile)))
+
+    def backward(self, i, tape, delta):
+        grads = {"params": _token(self.profile.stage(i).grad_bytes)}
+        return _token(self.profile.activation_bytes(i - 1)), grads
+
+    def storage(self, value):
+        return id(value)
+
+    def nbytes(self, value):
+        return value.nbytes
+
+    def temp_bytes(self, action, operand, y=None) -> int:
+        if isinstance(action, (Forward, ForwardTape)):
+            return self.profile.stage(action.i).forward_transient
+        if isinstance(action, Backward):
+            return self.profile.stage(action.i).backward_transient
+        if isinstance(action, Loss):
+            return self.profile.loss_transient
+        return 0

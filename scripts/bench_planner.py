@@ -1,0 +1,89 @@
+"""How long ``ckpt.optimal`` takes to plan n stages (one core), at the peak of sqrt_n and halfway to recompute's.
+
+    PYTHONPATH=. python scripts/bench_planner.py --out reports/planner
+
+Each (chain, n, budget) runs in its own process with a time limit; a run past it
+is recorded as a timeout.  Chains: a homogeneous Dense+ReLU MLP (width 128) and
+a heterogeneous one (widths 256 − i, every activation a different size),
+batch 1024, float64, bytes exact from the memory model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CHILD = r"""
+import json, sys, time
+import ckpt
+kind, n, which = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sizes = [128] * (n + 1) if kind == "homogeneous" else [256] + [max(256 - i, 8) for i in range(n)]
+profile = ckpt.Profile.from_chain(ckpt.MLP(sizes), 1024)
+high = ckpt.predict_memory(profile, "sqrt_n").peak_bytes
+low = ckpt.predict_memory(profile, "recompute").peak_bytes
+budget = high if which == "sqrt_n" else (low + high) // 2
+t0 = time.process_time()
+plan = ckpt.optimal(profile, budget)
+seconds = time.process_time() - t0
+peak = ckpt.predict_memory(profile, plan).peak_bytes
+print(json.dumps({"seconds": seconds, "peak": peak, "budget": budget, "forward_steps": plan.forward_steps}))
+"""
+
+
+def one(kind: str, n: int, which: str, limit: float) -> dict:
+    """Plan once in a fresh single-threaded process; CPU seconds of ``optimal`` alone."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    row = {"chain": kind, "n": n, "budget_at": which}
+    try:
+        done = subprocess.run([sys.executable, "-c", CHILD, kind, str(n), which], capture_output=True,
+                              text=True, timeout=limit, env=env)
+    except subprocess.TimeoutExpired:
+        return {**row, "status": f"timeout (> {limit:g} s wall)"}
+    if done.returncode:
+        return {**row, "status": "error: " + done.stderr.strip().splitlines()[-1]}
+    return {**row, "status": "ok", **json.loads(done.stdout)}
+
+
+def main() -> int:
+    """Run the grid and write <out>/results.json and <out>/README.md."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, nargs="+", default=[10, 20, 30, 50, 100, 200])
+    parser.add_argument("--limit", type=float, default=60, help="seconds per run before it counts as a timeout")
+    parser.add_argument("--out", default="reports/planner")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, load = [], os.getloadavg()
+    for kind in ("homogeneous", "heterogeneous"):
+        for which in ("sqrt_n", "between"):
+            for n in args.n:
+                rows.append(one(kind, n, which, args.limit))
+                print(rows[-1], flush=True)
+                if rows[-1]["status"] != "ok":
+                    break                               # larger n only takes longer
+    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    lines = ["# Planner benchmark: `ckpt.optimal` planning time", "",
+             f"Command: `PYTHONPATH=. python scripts/bench_planner.py --n {' '.join(map(str, args.n))} "
+             f"--limit {args.limit:g} --out {args.out}`", "",
+             f"Machine: {platform.processor() or platform.machine()}, load average at start "
+             f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (shared 2-core machine). "
+             "Measured: CPU seconds (`time.process_time`) of one `optimal` call in a fresh single-threaded "
+             "process; budget = sqrt_n's predicted peak, or halfway between recompute's and sqrt_n's.", "",
+             "| chain | budget | n | status | CPU s | forward steps | peak ≤ budget |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ok = r["status"] == "ok"
+        lines.append(f"| {r['chain']} | {r['budget_at']} | {r['n']} | {r['status']} | "
+                     f"{r['seconds']:.3f} | {r['forward_steps']} | {r['peak'] <= r['budget']} |" if ok else
+                     f"| {r['chain']} | {r['budget_at']} | {r['n']} | {r['status']} | | | |")
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

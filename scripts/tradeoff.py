@@ -1,0 +1,229 @@
+"""Memory-vs-time trade-off of every strategy: predicted and measured, numpy and torch CPU.
+
+    PYTHONPATH=. python scripts/tradeoff.py --out reports/tradeoff
+
+Chains.  numpy (our Dense stages, batch 1024, float64): a homogeneous MLP; a
+chain whose activations shrink with depth (the Dense analogue of a CNN); a
+chain with wide first and last layers (the analogue of a transformer's
+embedding and head).  torch CPU (float32): an MLP, a real CNN whose
+activations shrink with depth, and a transformer stack (embedding, encoder
+layers, a vocabulary head).
+
+Strategies: store_all, recompute, sqrt_n, Chen's greedy, revolve at several
+slot counts, optimal at several budgets.  Predicted: peak by the memory model
+on the chain's Profile, time by the Profile (numpy: measured per-stage medians;
+torch: measured per-stage medians).  Measured: numpy tracemalloc peak and step
+time; torch step time (CheckpointedSequential running the schedule) next to
+torch.utils.checkpoint.checkpoint_sequential.  Times are medians of repeats
+interleaved across strategies within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import ckpt
+from profiling.meters import TracemallocMeter
+
+NUMPY_CHAINS = {
+    "mlp (homogeneous)": [128] * 17,
+    "shrinking (CNN-like)": [128] + [128 - 4 * i for i in range(24)],
+    "wide ends (transformer-like)": [32, 256] + [32] * 20 + [256, 32],
+}
+BATCH = 1024
+
+
+def plans(profile) -> list[tuple[str, ckpt.Schedule]]:
+    """(label, schedule) for every strategy and budget the report compares."""
+    n = len(profile)
+    peak = lambda s: ckpt.predict_memory(profile, s).peak_bytes
+    out = [(name, ckpt.make_schedule(name, n)) for name in ("store_all", "recompute", "sqrt_n")]
+    out += [(f"revolve s={s}", ckpt.revolve(n, s)) for s in (2, 3, 4, 6) if s < n]
+    low, mid, high = peak(out[1][1]), peak(out[2][1]), peak(out[0][1])
+    least = ckpt.min_feasible_budget(profile)
+    budgets = {"min": least, "recompute↔sqrt_n": (low + mid) // 2, "sqrt_n": mid,
+               "sqrt_n↔store_all": (mid + high) // 2}
+    for label, b in budgets.items():
+        if b >= least:
+            out.append((f"optimal @{label}", ckpt.optimal(profile, b)))
+    for label in ("sqrt_n", "sqrt_n↔store_all"):
+        try:
+            out.append((f"chen_greedy @{label}", ckpt.chen_greedy(profile, budgets[label])))
+        except ValueError:
+            pass
+    return out
+
+
+def numpy_rows(name, sizes, repeats) -> list[dict]:
+    """Predicted and measured (tracemalloc, time medians) rows for one numpy chain."""
+    model = ckpt.MLP(sizes)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((BATCH, sizes[0])), rng.standard_normal((BATCH, sizes[-1]))
+    profile = ckpt.Profile.from_chain(model, BATCH, times="measured", repeats=5)
+    chosen = plans(profile)
+    backend = ckpt.NumpyBackend(model)
+    rows = []
+    for label, schedule in chosen:
+        with TracemallocMeter() as meter:
+            ckpt.execute(schedule, backend, x, y)
+        rows.append(_row("numpy", name, label, schedule, profile, measured_peak=meter.figures["tracemalloc_peak"]))
+    times = {label: [] for label, _ in chosen}
+    for _ in range(repeats):                        # interleaved: each repeat runs every schedule once
+        for label, schedule in chosen:
+            t0 = time.perf_counter()
+            ckpt.execute(schedule, backend, x, y)
+            times[label].append(time.perf_counter() - t0)
+    for row in rows:
+        _add_times(row, times[row["strategy"]])
+    return rows
+
+
+def _row(backend, chain, label, schedule, profile, measured_peak=None) -> dict:
+    return {"backend": backend, "chain": chain, "strategy": label, "n": schedule.n,
+            "forward_steps": schedule.forward_steps,
+            "predicted_peak_MiB": ckpt.predict_memory(profile, schedule).peak_bytes / 2**20,
+            "predicted_time_s": profile.schedule_time(schedule),
+            "measured_peak_MiB": None if measured_peak is None else measured_peak / 2**20}
+
+
+def _add_times(row, samples) -> None:
+    row["measured_time_s"] = statistics.median(samples)
+    row["time_spread"] = (max(samples) - min(samples)) / statistics.median(samples)
+
+
+def torch_chains():
+    """(name, stages, sample input) of the three torch chains."""
+    import torch
+    from torch import nn
+    torch.manual_seed(0)
+    mlp = nn.Sequential(*[nn.Sequential(nn.Linear(256, 256), nn.ReLU()) for _ in range(16)])
+    chans = [(3, 16, 1), (16, 16, 1), (16, 32, 2), (32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2), (128, 128, 1)]
+    cnn = nn.Sequential(*[nn.Sequential(nn.Conv2d(a, b, 3, stride=s, padding=1), nn.ReLU()) for a, b, s in chans],
+                        nn.Sequential(nn.Flatten(), nn.Linear(128 * 8 * 8, 10)))
+    vocab, d = 8000, 128
+    layers = [nn.TransformerEncoderLayer(d, 4, 256, dropout=0.0, batch_first=True) for _ in range(6)]
+    transformer = nn.Sequential(nn.Embedding(vocab, d), *layers, nn.Linear(d, vocab))
+    return [("mlp (homogeneous)", mlp, torch.randn(512, 256)),
+            ("cnn (activations shrink)", cnn, torch.randn(16, 3, 64, 64)),
+            ("transformer (embedding + head)", transformer, torch.randint(0, vocab, (4, 128)))]
+
+
+def torch_rows(name, stages, x, repeats) -> list[dict]:
+    """Predicted rows and measured step-time medians for one torch chain, checkpoint_sequential beside."""
+    import torch
+    from torch.utils.checkpoint import checkpoint_sequential
+    profile = ckpt.Profile.from_torch(stages, x, repeats=5)
+    chosen = plans(profile)
+    runners = {label: ckpt.CheckpointedSequential(list(stages), strategy=lambda n, s=schedule: s)
+               for label, schedule in chosen}
+    segments = math.ceil(math.sqrt(len(stages)))
+    runners["torch checkpoint_sequential"] = lambda v: checkpoint_sequential(stages, segments, v, use_reentrant=False)
+    runners["torch plain"] = stages
+    times = {label: [] for label in runners}
+    for _ in range(repeats + 1):                    # the first round warms up and is dropped
+        for label, run in runners.items():
+            stages.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            run(x).float().pow(2).mean().backward()
+            times[label].append(time.perf_counter() - t0)
+    rows = [_row("torch", name, label, schedule, profile) for label, schedule in chosen]
+    rows += [{"backend": "torch", "chain": name, "strategy": label, "n": len(stages)}
+             for label in ("torch checkpoint_sequential", "torch plain")]
+    for row in rows:
+        _add_times(row, times[row["strategy"]][1:])
+    return rows
+
+
+def plot(frame, path) -> None:
+    """One panel per (backend, chain): measured (filled) and, on numpy, predicted (hollow) peak vs time."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    groups = list(frame.groupby(["backend", "chain"], sort=False))
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9.5))
+    for ax, ((backend, chain), g) in zip(axes.flat, groups):
+        g = g.dropna(subset=["predicted_peak_MiB"])
+        numpy = backend == "numpy"
+        for k, family in enumerate(("store_all", "recompute", "sqrt_n", "revolve", "chen_greedy", "optimal")):
+            part, colour, marker = g[g.strategy.str.startswith(family)], f"C{k}", "svD^Po"[k]
+            x = part.measured_peak_MiB if numpy else part.predicted_peak_MiB
+            ax.scatter(x, part.measured_time_s * 1e3, marker=marker, color=colour, label=family, s=45)
+            if numpy:
+                ax.scatter(part.predicted_peak_MiB, part.predicted_time_s * 1e3, marker=marker, s=45,
+                           facecolors="none", edgecolors=colour)
+        front = g[g.strategy.str.startswith("optimal")].sort_values("predicted_peak_MiB")
+        ax.plot(front.measured_peak_MiB if numpy else front.predicted_peak_MiB, front.measured_time_s * 1e3,
+                color="C5", lw=1, alpha=0.6)
+        ax.set_title(f"{backend}: {chain}", fontsize=10)
+        ax.set_xlabel("peak MiB — filled: measured (tracemalloc), hollow: predicted (memory model)" if numpy
+                      else "peak MiB, predicted (memory model on the torch Profile)", fontsize=8)
+        ax.set_ylabel("step ms — filled: measured median" + (", hollow: predicted (profile)" if numpy else ""),
+                      fontsize=8)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("Memory vs time per strategy, one training step (lower-left is better; optimal's points joined)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def report(frame, out: Path, args, started) -> None:
+    """Write results.csv, pareto.png and README.md."""
+    frame.to_csv(out / "results.csv", index=False)
+    plot(frame, out / "pareto.png")
+    lines = ["# Trade-off: memory vs time of every strategy", "",
+             f"Command: `PYTHONPATH=. python scripts/tradeoff.py --repeats {args.repeats} --out {args.out}` "
+             f"({started}; load average {os.getloadavg()[0]:.1f} on a shared 2-core machine: timings are noisy, "
+             "compare within a chain only).", "",
+             "Predicted peak: the memory model on the chain's `ckpt.Profile` (input and parameters excluded). "
+             "Predicted time: sum of the profile's per-stage measured medians. Measured peak: tracemalloc "
+             "(numpy only). Measured time: median step time, repeats interleaved across strategies; spread = "
+             "(max − min) / median.", "", "![pareto](pareto.png)", ""]
+    for (backend, chain), g in frame.groupby(["backend", "chain"], sort=False):
+        lines += [f"## {backend}: {chain}", "",
+                  "| strategy | forward steps | predicted peak MiB | measured peak MiB | predicted time ms | "
+                  "measured time ms (spread) |", "|---|---|---|---|---|---|"]
+        for r in g.itertuples():
+            f = lambda v, k=1: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v * k:.2f}"
+            steps = "" if r.forward_steps is None or (isinstance(r.forward_steps, float) and math.isnan(r.forward_steps)) \
+                else int(r.forward_steps)
+            lines.append(f"| {r.strategy} | {steps} | {f(r.predicted_peak_MiB)} | {f(r.measured_peak_MiB)} | "
+                         f"{f(r.predicted_time_s, 1e3)} | {f(r.measured_time_s, 1e3)} ({r.time_spread:.0%}) |")
+        lines.append("")
+    (out / "README.md").write_text("\n".join(lines))
+
+
+def main() -> int:
+    """Measure every chain and write the report."""
+    import pandas as pd
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default="reports/tradeoff")
+    parser.add_argument("--skip-torch", action="store_true")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    rows = []
+    for name, sizes in NUMPY_CHAINS.items():
+        rows += numpy_rows(name, sizes, args.repeats)
+        print(f"numpy {name}: done", flush=True)
+    if not args.skip_torch:
+        import torch
+        torch.set_num_threads(1)
+        for name, stages, x in torch_chains():
+            rows += torch_rows(name, stages, x, args.repeats)
+            print(f"torch {name}: done", flush=True)
+    report(pd.DataFrame(rows), out, args, started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
