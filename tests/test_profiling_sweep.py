@@ -121,7 +121,7 @@ def test_toml_sweep_file(tmp_path):
     grids, run = load_grid_file(f)
     assert run == {"timeout": 9} and len(expand(grids)) == 3
     f.write_text("[run]\ntimeot = 9\n[grid]\ndepth = 2\n")
-    with pytest.raises(ValueError, match="unknown \\[run\\] option"):
+    with pytest.raises(ValueError, match="s.toml' \\[run\\]: unknown run option 'timeot'"):
         load_grid_file(f)
 
 
