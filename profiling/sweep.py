@@ -287,7 +287,9 @@ def check_record(out: Path, configs: list[Config], resume: bool, extend: bool) -
 def write_record(out: Path, keys: list[str], grids: list[dict], plugins) -> None:
     """Record the folder's sweep: its configurations' keys, grids and plugins."""
     path = out / RECORD
-    old = json.loads(path.read_text()) if path.exists() else {"grids": []}
+    old = json.loads(path.read_text()) if path.exists() else {"keys": None, "grids": []}
+    if old["keys"] == keys:                              # a resume that added nothing keeps the record
+        return
     record = {"keys": keys, "grids": old["grids"] + [g for g in grids if g not in old["grids"]],
               "plugins": list(plugins)}
     path.write_text(json.dumps(record, indent=1, default=str) + "\n")
