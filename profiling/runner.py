@@ -134,7 +134,7 @@ def child_main(argv: list[str]) -> int:
         status = "oom" if is_oom(e) else "error"
         row = {"status": status, "error": f"{type(e).__name__}: {e}",
                "traceback": traceback.format_exc(limit=6)}
-    print(MARK + json.dumps(row), flush=True)
+    emit(row)
     return 0
 
 
@@ -185,6 +185,24 @@ def host_details() -> dict:
     return {"host": socket.gethostname(), "cpu": cpu_model(), "cpu_count": os.cpu_count()}
 
 
+def emit(row: dict) -> None:
+    """In a child: print the row the parent reads (one marked JSON line on stdout)."""
+    print(MARK + json.dumps(row), flush=True)
+
+
+def run_child(cmd: list[str], env: dict, timeout: float, show_stderr: bool = False) -> dict:
+    """Run a measuring child (it dies with us); its emitted row, or a row saying how it ended.
+
+    ``show_stderr`` passes the child's stderr (its progress) through instead of keeping its tail.
+    """
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if show_stderr else subprocess.PIPE,
+                           text=True, timeout=timeout, env=env, preexec_fn=die_with_parent)
+        return _parse(p.stdout) or _died(p.returncode, p.stderr or "")
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "error": f"no result after {timeout:g} s; the process was killed"}
+
+
 def run_config(c: Config, timeout: float = 300.0, warmup: int = 1, iters: int = 3,
                budget_s: float = 2.0, threads: int | None = 1, env: dict | None = None,
                memory_limit_mb: int | None = None, plugins: list[str] | tuple = ()) -> dict:
@@ -194,12 +212,7 @@ def run_config(c: Config, timeout: float = 300.0, warmup: int = 1, iters: int = 
     cmd = [sys.executable, "-m", "profiling.runner", json.dumps(c.as_dict()), json.dumps(opts)]
     env = child_env(env, threads)
     t0 = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                           preexec_fn=die_with_parent)
-        result = _parse(p.stdout) or _died(p.returncode, p.stderr)
-    except subprocess.TimeoutExpired:
-        result = {"status": "timeout", "error": f"no result after {timeout:g} s; the process was killed"}
+    result = run_child(cmd, env, timeout)
     return {**c.as_dict(), "key": c.key, **result, **host_details(), "wall_s": time.perf_counter() - t0,
             "mmap_threshold": env.get("MALLOC_MMAP_THRESHOLD_", ""), "threads": threads or 0}
 
