@@ -20,10 +20,13 @@ Every configuration runs in its own fresh process; rows are appended to
 <out>/results.jsonl as they finish, so an interrupted sweep continues with --resume.
 
 quick start:
-  ckpt-profile sweep --preset default --out reports/default     # ≤ 2 min on 2 cores
+  ckpt-profile sweep --preset default --out runs/mine           # under a minute on 2 idle cores
   ckpt-profile sweep --preset smoke --out /tmp/try               # seconds
   ckpt-profile sweep --backend numpy --depth 8 16 32 64 --strategy all --mode train predict --out /tmp/mine
+  ckpt-profile sweep --strategy sqrt_n --segments 2 4 8 --depth 64 --out /tmp/segments
+  ckpt-profile sweep --plugin mypkg.strategies --strategy my_strategy --depth 8 16 --out /tmp/mine
   ckpt-profile sweep --config my_sweep.toml --out /tmp/mine --resume
+  ckpt-profile sweep --preset smoke --executor ray --out /tmp/ray  # Ray: local, or --address of a cluster
   ckpt-profile report reports/default                             # re-render tables and plots
   ckpt-profile presets                                            # what each preset runs
 """
