@@ -1,8 +1,8 @@
 """Executors: where a sweep's configurations run.  Each yields rows as they finish.
 
-An executor has ``check(configs)`` (raise before anything runs when it cannot run them) and
-``run(configs, options)``, an iterator of rows in the order they finish; the sweep appends each
-row to disk as soon as it arrives.  Every configuration still runs in its own fresh process
+An executor has ``check(configs)`` (raise before anything runs when it cannot run them; it may
+start what it needs), ``run(configs, options)``, an iterator of rows in the order they finish
+(the sweep appends each row to disk as soon as it arrives), and ``close()``.  Every configuration still runs in its own fresh process
 (``runner.run_config``), whichever executor starts it.
 
 * ``LocalExecutor(jobs=1)``: this machine, ``jobs`` configurations at once (timings then share
@@ -47,6 +47,9 @@ class LocalExecutor:
                 raise RuntimeError("executors: device 'cuda' requested but torch.cuda.is_available() is False here; "
                                    "drop cuda from the grid, run on a machine with a GPU, or use --executor ray "
                                    "with a cluster that has GPUs")
+
+    def close(self) -> None:
+        """Nothing to release."""
 
     def run(self, configs: list[Config], options: dict) -> Iterator[dict]:
         """Rows as they finish."""
@@ -93,11 +96,24 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str | None = None):
-        self.address = address
+        self.address, self._started = address, False
 
     def check(self, configs: list[Config]) -> None:
-        """Ray must be importable; CUDA is checked where each row runs."""
-        _import_ray()
+        """Join (or start) Ray; CUDA rows need a GPU somewhere in the cluster (each row checks its own host)."""
+        ray = _import_ray()
+        self._started = self._start(ray)
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus == 0 and any(c.device == "cuda" for c in configs):
+            self.close()
+            raise RuntimeError("executors: device 'cuda' requested but the Ray cluster has no GPU "
+                               "(ray.cluster_resources() lists none); its tasks would wait forever. "
+                               "Drop cuda from the grid or join a cluster with GPUs (--address)")
+
+    def close(self) -> None:
+        """Stop the Ray instance this executor started (one it joined keeps running)."""
+        if self._started:
+            _import_ray().shutdown()
+            self._started = False
 
     def _runtime_env(self) -> dict:
         from .runner import REPO_ROOT
@@ -118,7 +134,8 @@ class RayExecutor:
     def run(self, configs: list[Config], options: dict) -> Iterator[dict]:
         """Rows as their tasks finish; unfinished tasks are cancelled when the consumer stops."""
         ray = _import_ray()
-        started = self._start(ray)
+        if not ray.is_initialized():
+            self._started = self._start(ray)
         task = ray.remote(_ray_task)
         pending = {task.options(**resources(c, options)).remote(c.as_dict(), options): c for c in configs}
         try:
@@ -130,8 +147,6 @@ class RayExecutor:
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
-            if started:
-                ray.shutdown()
 
     @staticmethod
     def _result(ray, ref, c: Config) -> dict:

@@ -320,28 +320,40 @@ def run_sweep(grids: list[dict], out: str | os.PathLike, resume: bool = False, f
 
     Rows are appended as they finish; the frame of all rows there is returned.
     """
-    from tqdm import tqdm
-
-    from .environment import write_environment
     from .executors import LocalExecutor
 
     executor = executor or LocalExecutor()
     configs, skipped = runnable(expand(grids, repeats, plugins))
-    executor.check(configs)
     out = check_out(out)
-    with folder_lock(out):
-        _prepare(out, resume, fresh)
-        keys = check_record(out, configs, resume, extend)
-        for c in skipped:
-            print(f"sweep: skipping {_label(c)}: needs ckpt's torch backend (ckpt.CheckpointedSequential)")
-        done = finished_keys(out, retry_failed) if resume else set()
-        todo = [c for c in configs if c.key not in done]
-        write_environment(out)
-        write_record(out, keys, grids, plugins)
-        bar = tqdm(total=len(todo), desc="sweep", unit="config", disable=not progress, dynamic_ncols=True)
-        for row in executor.run(todo, {**run_options, "plugins": list(plugins)}):
-            append_row(out, row)
-            bar.update()
-            bar.set_postfix_str(row.get("key", "")[:60])
-        bar.close()
+    executor.check(configs)
+    try:
+        with folder_lock(out):
+            todo = _plan(out, configs, skipped, grids, plugins, resume, fresh, extend, retry_failed)
+            _stream(executor.run(todo, {**run_options, "plugins": list(plugins)}), out, len(todo), progress)
+    finally:
+        executor.close()
     return load_results(out)
+
+
+def _plan(out, configs, skipped, grids, plugins, resume, fresh, extend, retry_failed) -> list[Config]:
+    """Prepare the locked folder (torn tail, record, environment); the configurations still to run."""
+    from .environment import write_environment
+    _prepare(out, resume, fresh)
+    keys = check_record(out, configs, resume, extend)
+    for c in skipped:
+        print(f"sweep: skipping {_label(c)}: needs ckpt's torch backend (ckpt.CheckpointedSequential)")
+    done = finished_keys(out, retry_failed) if resume else set()
+    write_environment(out)
+    write_record(out, keys, grids, plugins)
+    return [c for c in configs if c.key not in done]
+
+
+def _stream(rows, out: Path, total: int, progress: bool) -> None:
+    """Append each row as it arrives, with a progress bar."""
+    from tqdm import tqdm
+    bar = tqdm(total=total, desc="sweep", unit="config", disable=not progress, dynamic_ncols=True)
+    for row in rows:
+        append_row(out, row)
+        bar.update()
+        bar.set_postfix_str(row.get("key", "")[:60])
+    bar.close()

@@ -62,3 +62,10 @@ def test_an_interrupted_ray_sweep_resumes_without_losing_or_duplicating_a_row(lo
 def test_tasks_ask_for_what_their_row_needs():
     assert resources(Config(backend="torch", device="cuda"), {}) == {"num_gpus": 1, "num_cpus": 1}
     assert resources(Config(), {"threads": 2}) == {"num_cpus": 2}
+
+
+def test_cuda_rows_on_a_cluster_without_gpus_are_refused_before_anything_runs(local_ray, tmp_path):
+    with pytest.raises(RuntimeError, match="the Ray cluster has no GPU"):
+        run_sweep([{"backend": "torch", "device": "cuda", "depth": 2}], tmp_path, executor=RayExecutor(),
+                  progress=False)
+    assert ray.is_initialized() and not (tmp_path / RESULTS).exists()
