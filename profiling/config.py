@@ -208,7 +208,8 @@ def _check_strategy_takes(c: Config) -> None:
         ckpt.make_schedule(c.strategy, c.depth, **c.strategy_options)
     except TypeError as e:
         raise ValueError(f"profiling: strategy {c.strategy!r} does not take {c.strategy_options} ({e}); "
-                         f"give only the options it accepts") from None
+                         f"give only the options it accepts: put strategies with different options in grids "
+                         f"of their own (a sweep file holds several [[grid]] tables)") from None
 
 
 # ----------------------------------------------------------------- how a sweep runs
