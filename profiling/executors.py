@@ -127,8 +127,8 @@ class RayExecutor:
     def _start(self, ray) -> bool:
         if ray.is_initialized():
             return False
-        ray.init(address=self.address, runtime_env=self._runtime_env(), include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+        local = {} if self.address else {"include_dashboard": False, "log_to_driver": False}
+        ray.init(address=self.address, runtime_env=self._runtime_env(), **local)
         return True
 
     def run(self, configs: list[Config], options: dict) -> Iterator[dict]:
