@@ -285,10 +285,10 @@ def check_record(out: Path, configs: list[Config], resume: bool, extend: bool) -
     return recorded + [k for k in keys if k not in set(recorded)]
 
 
-def write_record(out: Path, keys: list[str], grids: list[dict], plugins) -> None:
-    """Record the folder's sweep: its configurations' keys, grids and plugins."""
+def write_record(out: Path, keys: list[str], grids: list[dict], plugins, resume: bool) -> None:
+    """Record the folder's sweep: its configurations' keys, grids (a resume adds to them) and plugins."""
     path = out / RECORD
-    old = json.loads(path.read_text()) if path.exists() else {"keys": None, "grids": []}
+    old = json.loads(path.read_text()) if path.exists() and resume else {"keys": None, "grids": []}
     if old["keys"] == keys:                              # a resume that added nothing keeps the record
         return
     record = {"keys": keys, "grids": old["grids"] + [g for g in grids if g not in old["grids"]],
@@ -344,7 +344,7 @@ def _plan(out, configs, skipped, grids, plugins, resume, fresh, extend, retry_fa
         print(f"sweep: skipping {_label(c)}: needs ckpt's torch backend (ckpt.CheckpointedSequential)")
     done = finished_keys(out, retry_failed) if resume else set()
     write_environment(out)
-    write_record(out, keys, grids, plugins)
+    write_record(out, keys, grids, plugins, resume)
     return [c for c in configs if c.key not in done]
 
 
