@@ -13,18 +13,9 @@ from profiling.cli import build_parser, main
 from profiling.config import GRID_FIELDS, SCHEMA, Config, key_of_row, read_sweep_file
 from profiling.sweep import PRESETS, RESULTS, expand, load_results, run_sweep
 
+from .test_profiling_sweep import FakeRunner
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class FakeRunner:
-    """Records the keys it is asked to run; returns a minimal ok row."""
-
-    def __init__(self):
-        self.ran = []
-
-    def __call__(self, c, **opts):
-        self.ran.append(c.key)
-        return {**c.as_dict(), "key": c.key, "status": "ok", "peak_bytes": 1}
 
 
 def test_key_names_only_fields_that_differ_from_their_defaults():

@@ -17,19 +17,10 @@ from profiling.config import Config
 from profiling.runner import run_config
 from profiling.sweep import RESULTS, TORN, expand, folder_lock, read_rows, run_sweep
 
+from .test_profiling_sweep import FakeRunner
+
 ROOT = Path(__file__).resolve().parent.parent
 GRID = {"depth": [2, 3, 4], "width": 16, "batch": 8}
-
-
-class FakeRunner:
-    """Records the keys it is asked to run; returns a minimal ok row."""
-
-    def __init__(self):
-        self.ran = []
-
-    def __call__(self, c, **opts):
-        self.ran.append(c.key)
-        return {**c.as_dict(), "key": c.key, "status": "ok", "peak_bytes": 1}
 
 
 SLOW_PLUGIN = '''

@@ -5,6 +5,8 @@ import pytest
 from profiling.runner import MMAP_THRESHOLD, child_env, run_config
 from profiling.workloads import Config
 
+from .test_profiling_sweep import _has_cuda
+
 TINY = Config(backend="numpy", depth=4, width=128, batch=256, strategy="sqrt_n")
 
 
@@ -46,14 +48,6 @@ def test_each_row_says_where_it_ran():
     import socket
     row = run_config(TINY, iters=1)
     assert row["host"] == socket.gethostname() and row["cpu"] and row["cpu_count"] >= 1
-
-
-def _has_cuda():
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
 
 
 @pytest.mark.skipif(_has_cuda(), reason="checks the no-GPU row")
