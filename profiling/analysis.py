@@ -17,7 +17,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-CONFIG = ["backend", "device", "depth", "width", "batch", "dtype", "strategy", "mode", "optimizer"]
+from .config import analysis_columns, unset_columns
+
+CONFIG = analysis_columns()          # every grid field of the schema (profiling.config)
 SHAPE = ["backend", "device", "width", "dtype"]
 
 
@@ -29,12 +31,14 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration: the median over repeats of every numeric column (ok rows only)."""
     df = ok_rows(df)
+    config = [c for c in CONFIG if c in df]             # frames may predate a field; unset options are dropped
     num = [c for c in df.select_dtypes("number").columns if c not in CONFIG + ["repeat"]]
     keep = [c for c in ("impl", "peak_meter") if c in df]
-    agg = df.groupby(CONFIG, dropna=False)[num].median()
+    agg = df.groupby(config, dropna=False)[num].median()
     if keep:
-        agg = agg.join(df.groupby(CONFIG, dropna=False)[keep].first())
-    return agg.reset_index()
+        agg = agg.join(df.groupby(config, dropna=False)[keep].first())
+    agg = agg.reset_index()
+    return agg.drop(columns=unset_columns(agg))
 
 
 def with_derived(df: pd.DataFrame) -> pd.DataFrame:

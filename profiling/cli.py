@@ -8,6 +8,9 @@ import shlex
 import sys
 from pathlib import Path
 
+from .config import (GRID_FIELDS, RUN_OPTIONS, SCHEMA, Config, check_run_option, known_strategies,
+                     load_plugins, validate)
+
 DESCRIPTION = """\
 Measure how much memory one training step needs versus prediction, for each
 activation strategy of ckpt (store_all, sqrt_n, recompute, ...), and write a
@@ -17,49 +20,99 @@ Every configuration runs in its own fresh process; rows are appended to
 <out>/results.jsonl as they finish, so an interrupted sweep continues with --resume.
 
 quick start:
-  ckpt-profile sweep --preset default --out reports/default     # ≤ 2 min on 2 cores
+  ckpt-profile sweep --preset default --out runs/mine           # under a minute on 2 idle cores
   ckpt-profile sweep --preset smoke --out /tmp/try               # seconds
   ckpt-profile sweep --backend numpy --depth 8 16 32 64 --strategy all --mode train predict --out /tmp/mine
+  ckpt-profile sweep --strategy sqrt_n --segments 2 4 8 --depth 64 --out /tmp/segments
+  ckpt-profile sweep --plugin mypkg.strategies --strategy my_strategy --depth 8 16 --out /tmp/mine
   ckpt-profile sweep --config my_sweep.toml --out /tmp/mine --resume
+  ckpt-profile sweep --preset smoke --executor ray --out /tmp/ray  # Ray: local, or --address of a cluster
   ckpt-profile report reports/default                             # re-render tables and plots
   ckpt-profile presets                                            # what each preset runs
 """
 
-GRID_FLAGS = {
-    "backend": (str, "numpy (the engine) and/or torch"),
-    "device": (str, "cpu and/or cuda (cuda needs torch with a GPU)"),
-    "depth": (int, "number of Dense+ReLU stages"),
-    "width": (int, "units per stage (square MLP)"),
-    "batch": (int, "rows per batch"),
-    "dtype": (str, "float32 and/or float64"),
-    "strategy": (str, "activation strategies, or 'all' (ignored in predict mode)"),
-    "mode": (str, "train (forward+backward+optimizer step) and/or predict (forward only)"),
-    "optimizer": (str, "none, sgd, momentum, adam (state: 0, 0, 1, 2 copies of the parameters)"),
-}
+EPILOG = """\
+executors:
+  --executor local --jobs N   N configurations at once on this machine (timings then share cores)
+  --executor ray              a local Ray instance (pip install -e '.[ray]'), started and stopped here
+  --executor ray --address auto          an existing Ray cluster (run on its head node)
+exit status: 0 done, 2 bad flag / sweep file / folder (the message names it and what is allowed)
+"""
+
+
+def _grid_type(name: str):
+    """The argparse type of a grid field, from the schema (bools read true/false)."""
+    kind = SCHEMA[name].metadata["kind"]
+    if kind is bool:
+        return _boolean
+    return kind
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _run_type(name: str):
+    """An argparse type that checks a run option against the schema (type and bound)."""
+    kind = RUN_OPTIONS[name].kind
+
+    def parse(text: str):
+        try:
+            return check_run_option(name, kind(text) if kind is int else float(text), f"--{_flag(name)}")
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1] if "must be" in str(e) else
+                                             f"expected {kind.__name__}, got {text!r}") from None
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _flag(name: str) -> str:
+    return {"budget_s": "time-budget", "memory_limit_mb": "memory-limit-mb"}.get(name, name)
+
+
+def _option(text: str) -> tuple[str, object]:
+    """KEY=VALUE of ``--option``; VALUE read as JSON (numbers, true/false) or kept as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def _sweep_parser(sub) -> None:
-    p = sub.add_parser("sweep", help="run a grid of configurations and write the report",
+    p = sub.add_parser("sweep", help="run a grid of configurations and write the report", epilog=EPILOG,
                        description="Run a grid of configurations, each in a fresh process, then write "
-                                   "<out>/report.md. The grid comes from --preset, --config (TOML/YAML) "
+                                   "<out>/report.md. The grid comes from --preset, --config (TOML/YAML/JSON) "
                                    "or the grid flags; grid flags given with a preset or file override "
                                    "that field in every one of its grids.",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("what to run")
     src.add_argument("--preset", help="a named grid: default, cpu_large, gpu, smoke (see `ckpt-profile presets`)")
-    src.add_argument("--config", metavar="FILE", help="a TOML (or YAML) sweep file with [[grid]] tables and an optional [run] table")
-    for name, (kind, text) in GRID_FLAGS.items():
-        src.add_argument(f"--{name}", nargs="+", type=kind, metavar=name.upper(), help=text)
-    src.add_argument("--repeats", type=int, default=None, help="fresh processes per configuration (default 1)")
+    src.add_argument("--config", metavar="FILE", help="a TOML, YAML or JSON sweep file with [[grid]] tables, "
+                                                      "an optional [run] table and plugins")
+    _grid_flags(src, nargs="+")
+    src.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                     help="import MODULE (which registers user strategies) in every process; repeatable")
     run = p.add_argument_group("how each configuration runs")
-    run.add_argument("--timeout", type=float, help="seconds before a configuration is killed and recorded as 'timeout' (default 300)")
-    run.add_argument("--warmup", type=int, help="untimed steps before timing (default 1)")
-    run.add_argument("--iters", type=int, help="timed steps per configuration (default 3)")
-    run.add_argument("--budget", dest="budget_s", type=float, help="stop timing a configuration after this many seconds (default 2)")
-    run.add_argument("--threads", type=int, help="BLAS/OpenMP threads in each child (default 1: steadier timings on a shared machine)")
+    for name, opt in RUN_OPTIONS.items():
+        default = "" if opt.default is None else f" (default {opt.default:g})"
+        run.add_argument(f"--{_flag(name)}", dest=name, type=_run_type(name), help=opt.help + default)
+    ex = p.add_argument_group("where configurations run")
+    ex.add_argument("--executor", choices=("local", "ray"), default="local", help="local (default) or ray")
+    ex.add_argument("--jobs", type=_run_type("repeats"), default=1,
+                    help="local executor: configurations at once (default 1; more share the cores' time)")
+    ex.add_argument("--address", help="ray executor: an existing cluster ('auto', 'ray://host:10001'); "
+                                      "default: start a local Ray instance")
     out = p.add_argument_group("output")
     out.add_argument("--out", help="results folder (default reports/<preset or 'sweep'>)")
     out.add_argument("--resume", action="store_true", help="continue the sweep in --out, skipping finished configurations")
+    out.add_argument("--extend", action="store_true", help="with --resume: add this grid's new configurations to the folder's sweep")
     out.add_argument("--retry-failed", action="store_true", help="with --resume: run failed configurations again")
     out.add_argument("--fresh", action="store_true", help="delete existing results in --out first")
     out.add_argument("--no-report", action="store_true", help="only measure; write the report later with `ckpt-profile report`")
@@ -78,15 +131,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--name", help="title of the report (default: the folder's name)")
     sub.add_parser("presets", help="print the grids of every preset")
     o = sub.add_parser("one", help="measure one configuration in a fresh process and print its row as JSON")
-    for name, (kind, text) in GRID_FLAGS.items():
-        o.add_argument(f"--{name}", type=kind, help=text)
-    o.add_argument("--timeout", type=float, default=300.0, help="seconds before it is killed (default 300)")
+    _grid_flags(o, nargs=None)
+    o.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE first")
+    o.add_argument("--timeout", type=_run_type("timeout"), default=300.0, help="seconds before it is killed (default 300)")
     return parser
+
+
+def _grid_flags(group, nargs) -> None:
+    """One flag per grid field of the schema; ``options`` becomes repeatable ``--option KEY=VALUE``."""
+    for name in GRID_FIELDS:
+        meta = SCHEMA[name].metadata
+        if name == "options":
+            group.add_argument("--option", dest="options", action="append", type=_option, metavar="KEY=VALUE",
+                               help=meta["help"] + "; repeat a KEY to sweep its values")
+        else:
+            group.add_argument(f"--{name}", nargs=nargs, type=_grid_type(name), metavar=name.upper(), help=meta["help"])
+
+
+def _given_fields(args) -> dict:
+    """The grid fields given on the command line (``--option`` pairs gathered into one table)."""
+    given = {k: getattr(args, k) for k in GRID_FIELDS if k != "options" and getattr(args, k) is not None}
+    if args.options:
+        table = {}
+        for key, value in args.options:
+            table.setdefault(key, []).append(value)
+        given["options"] = {k: v if len(v) > 1 else v[0] for k, v in table.items()}
+    return given
 
 
 def _grids(args) -> tuple[list[dict], dict]:
     from .sweep import load_grid_file, preset
-    from .workloads import known_strategies
     if args.preset and args.config:
         raise ValueError("choose one of --preset and --config, not both")
     run = {}
@@ -96,8 +170,9 @@ def _grids(args) -> tuple[list[dict], dict]:
         grids = preset(args.preset)
     else:
         grids = [{}]
-    flags = {k: getattr(args, k) for k in GRID_FLAGS if getattr(args, k) is not None}
+    flags = _given_fields(args)
     if flags.get("strategy") and "all" in flags["strategy"]:
+        load_plugins(args.plugin + run.get("plugins", []))
         flags["strategy"] = known_strategies()
     if not args.preset and not args.config and not flags:
         raise ValueError("nothing to run: give --preset, --config or grid flags (see `ckpt-profile sweep --help`)")
@@ -106,38 +181,47 @@ def _grids(args) -> tuple[list[dict], dict]:
 
 def cmd_sweep(args) -> int:
     """Run a sweep (and its report) from parsed arguments."""
+    from .executors import make_executor
     from .report import write_report
     from .sweep import expand, run_sweep, runnable
     grids, run = _grids(args)
-    opts = {k: getattr(args, k) for k in ("timeout", "warmup", "iters", "budget_s", "threads")
-            if getattr(args, k) is not None}
-    run = {**run, **opts}
-    file_repeats = run.pop("repeats", 1)
-    repeats = args.repeats or file_repeats
+    run.update({k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None})
+    repeats = run.pop("repeats", 1)
+    plugins = list(dict.fromkeys(run.pop("plugins", []) + args.plugin))
+    if args.extend and not args.resume:
+        raise ValueError("--extend adds configurations to an existing sweep: use it with --resume")
     if args.dry_run:
-        configs, skipped = runnable(expand(grids, repeats))
+        configs, skipped = runnable(expand(grids, repeats, plugins))
         for c in configs:
             print(c.key)
         print(f"{len(configs)} configurations ({len(skipped)} skipped: no installed implementation)")
         return 0
+    executor = make_executor(args.executor, args.jobs, args.address)
     out = Path(args.out or f"reports/{args.preset or 'sweep'}")
     run_sweep(grids, out, resume=args.resume, fresh=args.fresh, retry_failed=args.retry_failed,
-              progress=not args.no_progress, repeats=repeats, **run)
-    command = out / "command.txt"
-    if not command.exists():
-        command.write_text("ckpt-profile " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "\n")
+              progress=not args.no_progress, repeats=repeats, executor=executor, extend=args.extend,
+              plugins=plugins, **run)
+    log_command(out)
     if not args.no_report:
         print(f"report: {write_report(out)}")
     return 0
 
 
+def log_command(out: Path) -> None:
+    """Append this invocation to ``<out>/command.txt`` (one line per run of the folder's sweep)."""
+    from datetime import datetime, timezone
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    with open(out / "command.txt", "a") as f:
+        f.write(f"# {stamp}\nckpt-profile " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "\n")
+
+
 def cmd_one(args) -> int:
     """Measure one configuration and print its row."""
     from .runner import run_config
-    from .workloads import Config, validate
-    given = {k: getattr(args, k) for k in GRID_FLAGS if getattr(args, k) is not None}
+    given = _given_fields(args)
+    load_plugins(args.plugin, [given.get("strategy", "")])
     c = validate(Config(**given))
-    print(json.dumps(run_config(c, timeout=args.timeout), indent=2))
+    print(json.dumps(run_config(c, timeout=args.timeout, plugins=args.plugin), indent=2))
     return 0
 
 
@@ -157,7 +241,10 @@ def cmd_presets(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ckpt-profile`` and ``python -m profiling``."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:                              # argparse: --help (0) or a bad flag (2)
+        return e.code
     if args.command is None:
         parser.print_help()
         return 2

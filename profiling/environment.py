@@ -92,3 +92,42 @@ def read_environment(out) -> dict:
     """The environment of a sweep folder ({} when absent)."""
     path = Path(out) / ENVIRONMENT
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def blas_runtime() -> dict:
+    """The BLAS libraries loaded in this process, their kernel and threads (threadpoolctl when installed)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return {"source": "numpy.show_config (threadpoolctl not installed)", "libraries": []}
+    return {"source": "threadpoolctl", "libraries": [
+        {k: lib.get(k) for k in ("user_api", "internal_api", "prefix", "version", "architecture",
+                                 "threading_layer", "num_threads")}
+        for lib in threadpool_info()]}
+
+
+def _numpy_blas(np) -> str:
+    try:
+        cfg = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{cfg.get('name')} {cfg.get('version')}"
+    except Exception:                                   # the config layout differs across numpy versions
+        return "?"
+
+
+def _torch_blas(torch) -> str:
+    return next((part.split("=", 1)[1] for part in torch.__config__.show().replace(",", " ").split()
+                 if part.startswith("BLAS_INFO=")), "?")
+
+
+def machine_details(threads: int | None = None) -> dict:
+    """What a benchmark's numbers depend on, seen from the measuring process (numpy and torch loaded)."""
+    import numpy as np
+    import torch
+    return {
+        "cpu": cpu_model(), "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
+        "platform": platform.platform(), "python": platform.python_version(),
+        "numpy": np.__version__, "numpy_blas": _numpy_blas(np), "torch": torch.__version__,
+        "torch_blas": _torch_blas(torch), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(), "threads_requested": threads, "blas_runtime": blas_runtime(),
+        "gpus": _gpus(), "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }

@@ -12,18 +12,27 @@ running, and prints its row.  Whatever happens, the parent gets a row:
 status         meaning
 =============  ==========================================================
 ``ok``         measured
-``oom``        MemoryError / CUDA out-of-memory, or killed by SIGKILL (the OOM killer)
+``oom``        MemoryError / CUDA or torch CPU allocator out-of-memory, or killed by SIGKILL (the OOM killer)
 ``error``      any other exception or crash; ``error`` holds its text
 ``timeout``    still running after ``timeout`` seconds; killed
 =============  ==========================================================
+
+The child dies with its parent (``PR_SET_PDEATHSIG``: a ``kill -9`` of the sweep leaves no
+orphan) and, with ``memory_limit_mb``, may add at most that much address space after its imports
+(``RLIMIT_AS``), so an allocation beyond it fails as it would on a smaller machine.  Plugins
+(modules registering user strategies) are imported in the child before validation.  Each row
+records where it ran: host, CPU and, for CUDA rows, the GPU.
 
 For tests, the child honours ``CKPT_PROFILE_FAULT`` = ``error`` | ``oom`` | ``hang`` | ``crash``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import resource
+import socket
 import signal
 import statistics
 import subprocess
@@ -32,8 +41,10 @@ import time
 import traceback
 from pathlib import Path
 
+from .config import Config, load_plugins, validate
+from .environment import cpu_model
 from .meters import Meters, meters_for, primary_figure
-from .workloads import Config, build, impl_of, predicted, time_steps, validate
+from .workloads import build, impl_of, predicted, time_steps
 
 MARK = "PROFILING-ROW "
 MMAP_THRESHOLD = "32768"     # 32 KiB: a 128-wide float32 activation of batch 128 (64 KiB) is mapped too
@@ -52,10 +63,36 @@ def _inject_fault() -> None:
         os.kill(os.getpid(), signal.SIGSEGV)
 
 
-def measure(c: Config, warmup: int = 1, iters: int = 3, budget_s: float = 2.0) -> dict:
+def _check_cuda_here(c: Config) -> dict:
+    """The GPU this row runs on; raises when this host has none (checked where the row runs)."""
+    if c.device != "cuda":
+        return {}
+    import torch
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"profiling: device 'cuda' requested but torch.cuda.is_available() is False "
+                           f"on host {socket.gethostname()!r}")
+    return {"gpu": torch.cuda.get_device_name()}
+
+
+def limit_address_space(extra_mb: int | None) -> None:
+    """Let this process map at most ``extra_mb`` MiB more than it has now (RLIMIT_AS)."""
+    if not extra_mb:
+        return
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[0])
+    limit = pages * resource.getpagesize() + extra_mb * 2 ** 20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
+def measure(c: Config, warmup: int = 1, iters: int = 3, budget_s: float = 2.0,
+            memory_limit_mb: int | None = None) -> dict:
     """In this process: build c, meter one step, time more steps; the row's measured fields."""
     validate(c)
+    where = _check_cuda_here(c)
+    if c.backend == "torch":
+        import torch  # noqa: F401  (imported before the address-space limit: its libraries are large)
     _inject_fault()
+    limit_address_space(memory_limit_mb)
     w = build(c)
     w.warm_up()
     meters = Meters(meters_for(c.backend, c.device))
@@ -65,7 +102,7 @@ def measure(c: Config, warmup: int = 1, iters: int = 3, budget_s: float = 2.0) -
     metered_s = time.perf_counter() - t0
     figures = meters.figures
     primary = primary_figure(c.backend, c.device, figures)
-    row = {"impl": impl_of(c), "peak_meter": primary, "peak_bytes": figures[primary], **figures}
+    row = {"impl": impl_of(c), "peak_meter": primary, "peak_bytes": figures[primary], **figures, **where}
     row.update(w.decomposition())
     row.update(predicted(c))
     times = time_steps(w, 0 if metered_s > budget_s else warmup, iters, budget_s)
@@ -73,25 +110,31 @@ def measure(c: Config, warmup: int = 1, iters: int = 3, budget_s: float = 2.0) -
     return row
 
 
-def _oom_types() -> tuple:
-    types = (MemoryError,)
+CPU_ALLOCATOR_FAILURE = "DefaultCPUAllocator: can't allocate memory"   # torch's CPU out-of-memory
+
+
+def is_oom(e: BaseException) -> bool:
+    """Whether e is an out-of-memory: MemoryError, CUDA's, or torch's CPU allocator failing."""
+    if isinstance(e, MemoryError):
+        return True
     torch = sys.modules.get("torch")
-    if torch is not None and hasattr(torch.cuda, "OutOfMemoryError"):
-        types += (torch.cuda.OutOfMemoryError,)
-    return types
+    if torch is not None and isinstance(e, getattr(torch.cuda, "OutOfMemoryError", ())):
+        return True
+    return isinstance(e, RuntimeError) and CPU_ALLOCATOR_FAILURE in str(e)
 
 
 def child_main(argv: list[str]) -> int:
     """Entry of the child process: argv = [config json, options json]; prints one marked row."""
     config, opts = json.loads(argv[0]), json.loads(argv[1]) if len(argv) > 1 else {}
-    c = Config.from_dict(config)
     try:
+        c = Config.from_dict(config)
+        load_plugins(opts.pop("plugins", []), [c.strategy])
         row = {"status": "ok", "error": "", **measure(c, **opts)}
     except Exception as e:                                   # every failure becomes a row
-        status = "oom" if isinstance(e, _oom_types()) else "error"
+        status = "oom" if is_oom(e) else "error"
         row = {"status": status, "error": f"{type(e).__name__}: {e}",
                "traceback": traceback.format_exc(limit=6)}
-    print(MARK + json.dumps(row), flush=True)
+    emit(row)
     return 0
 
 
@@ -126,19 +169,51 @@ def _died(returncode: int, stderr: str) -> dict:
     return {"status": "error", "error": " | ".join([f"exited with code {returncode}", *tail])}
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: receive SIGKILL when the parent dies (Linux; a no-op elsewhere)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def host_details() -> dict:
+    """Where a row ran: a cluster is not one machine."""
+    return {"host": socket.gethostname(), "cpu": cpu_model(), "cpu_count": os.cpu_count()}
+
+
+def emit(row: dict) -> None:
+    """In a child: print the row the parent reads (one marked JSON line on stdout)."""
+    print(MARK + json.dumps(row), flush=True)
+
+
+def run_child(cmd: list[str], env: dict, timeout: float, show_stderr: bool = False) -> dict:
+    """Run a measuring child (it dies with us); its emitted row, or a row saying how it ended.
+
+    ``show_stderr`` passes the child's stderr (its progress) through instead of keeping its tail.
+    """
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if show_stderr else subprocess.PIPE,
+                           text=True, timeout=timeout, env=env, preexec_fn=die_with_parent)
+        return _parse(p.stdout) or _died(p.returncode, p.stderr or "")
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "error": f"no result after {timeout:g} s; the process was killed"}
+
+
 def run_config(c: Config, timeout: float = 300.0, warmup: int = 1, iters: int = 3,
-               budget_s: float = 2.0, threads: int | None = 1, env: dict | None = None) -> dict:
+               budget_s: float = 2.0, threads: int | None = 1, env: dict | None = None,
+               memory_limit_mb: int | None = None, plugins: list[str] | tuple = ()) -> dict:
     """Measure c in a fresh process; a complete row (config, status, figures) whatever happens."""
-    opts = {"warmup": warmup, "iters": iters, "budget_s": budget_s}
+    opts = {"warmup": warmup, "iters": iters, "budget_s": budget_s, "memory_limit_mb": memory_limit_mb,
+            "plugins": list(plugins)}
     cmd = [sys.executable, "-m", "profiling.runner", json.dumps(c.as_dict()), json.dumps(opts)]
     env = child_env(env, threads)
     t0 = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        result = _parse(p.stdout) or _died(p.returncode, p.stderr)
-    except subprocess.TimeoutExpired:
-        result = {"status": "timeout", "error": f"no result after {timeout:g} s; the process was killed"}
-    return {**c.as_dict(), "key": c.key, **result, "wall_s": time.perf_counter() - t0,
+    result = run_child(cmd, env, timeout)
+    return {**c.as_dict(), "key": c.key, **result, **host_details(), "wall_s": time.perf_counter() - t0,
             "mmap_threshold": env.get("MALLOC_MMAP_THRESHOLD_", ""), "threads": threads or 0}
 
 

@@ -21,79 +21,13 @@ and plain torch otherwise — plain torch can only run ``store_all`` — and pla
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-BACKENDS = ("numpy", "torch")
-DEVICES = ("cpu", "cuda")
-MODES = ("train", "predict")
-OPTIMIZERS = ("none", "sgd", "momentum", "adam")
-DTYPES = ("float32", "float64")
+from .config import (BACKENDS, DEVICES, DTYPES, MODES, OPTIMIZERS, Config,  # noqa: F401  (re-exported)
+                     known_strategies, validate)
+
 STATE_SLOTS = {"none": 0, "sgd": 0, "momentum": 1, "adam": 2}   # state arrays per parameter
-
-
-@dataclass(frozen=True)
-class Config:
-    """One measured configuration: what to build and how to step it."""
-
-    backend: str = "numpy"
-    device: str = "cpu"
-    depth: int = 8
-    width: int = 128
-    batch: int = 256
-    dtype: str = "float32"
-    strategy: str = "store_all"
-    mode: str = "train"
-    optimizer: str = "sgd"
-    repeat: int = 0
-
-    @property
-    def key(self) -> str:
-        """A stable text identity (used by ``--resume`` to skip finished rows)."""
-        return "|".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
-
-    def as_dict(self) -> dict:
-        """The fields as a plain dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Config":
-        """A Config from a dict holding (at least) its fields."""
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
-
-
-def known_strategies() -> list[str]:
-    """Strategies the engine has registered."""
-    import ckpt
-    return ckpt.strategies()
-
-
-def _check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"profiling: unknown {name} {value!r}; allowed: {', '.join(map(str, allowed))}")
-
-
-def _check_int(name: str, value) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"profiling: {name} must be an int ≥ 1, got {value!r}")
-
-
-def validate(c: Config) -> Config:
-    """Raise a clear error naming the bad value and the allowed ones; return c."""
-    _check_choice("backend", c.backend, BACKENDS)
-    _check_choice("device", c.device, DEVICES)
-    _check_choice("mode", c.mode, MODES)
-    _check_choice("optimizer", c.optimizer, OPTIMIZERS)
-    _check_choice("dtype", c.dtype, DTYPES)
-    for name in ("depth", "width", "batch"):
-        _check_int(name, getattr(c, name))
-    if c.mode == "train":
-        _check_choice("strategy", c.strategy, known_strategies())
-    if c.backend == "numpy" and c.device != "cpu":
-        raise ValueError(f"profiling: the numpy backend runs on cpu only, got device={c.device!r}; "
-                         f"use backend='torch' for cuda")
-    return c
 
 
 def checkpointed_sequential():
@@ -190,7 +124,7 @@ class NumpyWorkload:
         self.x = rng.standard_normal((c.batch, c.width)).astype(c.dtype)
         self.y = rng.standard_normal((c.batch, c.width)).astype(c.dtype)
         n = c.depth
-        self.schedule = ckpt.forward_only(n) if c.mode == "predict" else ckpt.make_schedule(c.strategy, n)
+        self.schedule = ckpt.forward_only(n) if c.mode == "predict" else ckpt.make_schedule(c.strategy, n, **c.strategy_options)
         self.backend = ckpt.NumpyBackend(self.model)
         self.stats = None
         self.optimizer_bytes = 0
@@ -295,7 +229,7 @@ class TorchWorkload:
         seq = torch.nn.Sequential(*layers).to(self.device, dtype)
         self.plain = seq
         if self.impl == "ckpt-torch":
-            seq = checkpointed_sequential()(seq, strategy=c.strategy, track_memory=True)
+            seq = checkpointed_sequential()(seq, strategy=c.strategy, track_memory=True, **c.strategy_options)
         self.model = seq
         self.x = torch.randn(c.batch, c.width, device=self.device, dtype=dtype)
         self.y = torch.randn(c.batch, c.width, device=self.device, dtype=dtype)
@@ -416,7 +350,8 @@ def predicted(c: Config) -> dict:
     import ckpt
     model = ckpt.MLP([c.width] * (c.depth + 1), activation="relu", loss="mse", dtype=c.dtype)
     strategy = c.strategy if c.mode == "train" else "store_all"
-    s = ckpt.predict_memory(model, strategy, batch=c.batch, mode=c.mode)
+    options = c.strategy_options if c.mode == "train" else {}
+    s = ckpt.predict_memory(model, strategy, batch=c.batch, mode=c.mode, **options)
     params = sum(p.nbytes for d in model.params for p in d.values())
     opt = STATE_SLOTS[c.optimizer] * params if c.mode == "train" else 0
     return {"predicted_peak_bytes": s.peak_bytes + opt,

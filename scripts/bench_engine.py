@@ -1,5 +1,9 @@
 """Engine benchmark (issue 3): the numpy engine against torch on CPU, and each strategy against store_all.
 
+Built on ``profiling``: each measurement runs in a fresh child started by the runner (it dies
+with this process, a timeout bounds it), timed by ``profiling.timers``, its peaks taken by the
+tracemalloc meter and its machine described by ``profiling.environment``.
+
 For one MLP (default depth 32, width 1024, batch 256, float32, ReLU, MSE) it measures, in one
 process per OpenBLAS setting:
 
@@ -30,29 +34,23 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import json
 import os
-import platform
-import subprocess
 import sys
-import tempfile
-import time
-import tracemalloc
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from profiling.environment import machine_details  # noqa: E402
+from profiling.meters import TracemallocMeter  # noqa: E402
+from profiling.runner import child_env, emit, run_child  # noqa: E402
+from profiling.timers import quartiles, time_call  # noqa: E402
+
 STRATEGIES = ("store_all", "recompute", "sqrt_n")
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
 # ------------------------------------------------------------------ measuring (child process)
-
-def quartiles(xs):
-    import numpy as np
-    q25, q50, q75 = np.percentile(xs, [25, 50, 75])
-    return {"median": float(q50), "q25": float(q25), "q75": float(q75), "min": float(min(xs)), "n": len(xs)}
-
 
 def torch_twin(model, torch):
     """nn.Sequential(Linear, ReLU, …, Linear) holding copies of the numpy model's weights."""
@@ -73,12 +71,10 @@ def measure(args) -> dict:
     import numpy as np
     import torch
 
-    sys.path.insert(0, str(ROOT))
     import ckpt
 
     threads = args.threads
     torch.set_num_threads(threads)
-    blas = blas_info(threads)
 
     D, W, B = args.depth, args.width, args.batch
     model = ckpt.MLP([W] * (D + 1), activation="relu", loss="mse", dtype=args.dtype, seed=0)
@@ -118,9 +114,7 @@ def measure(args) -> dict:
     for rep in range(args.repeats):
         k = rep % len(names)                      # rotate the order so no runner always goes first
         for name in names[k:] + names[:k]:
-            t0 = time.perf_counter()
-            runners[name]()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(time_call(runners[name]))
     load_after = os.getloadavg()
 
     # one GEMM of the network's shape, (B×W)·(W×W)ᵀ, in each library
@@ -131,8 +125,8 @@ def measure(args) -> dict:
         x @ Wm.T
         tx.detach() @ tW.T
     for _ in range(max(20, args.repeats)):
-        t0 = time.perf_counter(); x @ Wm.T; gemm["numpy"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); tx.detach() @ tW.T; gemm["torch"].append(time.perf_counter() - t0)
+        gemm["numpy"].append(time_call(lambda: x @ Wm.T))
+        gemm["torch"].append(time_call(lambda: tx.detach() @ tW.T))
 
     # ReLU's backward δz = δx ⊙ [x > 0] as ckpt.layers writes it (δ *= sign(x)) and as a masked copy
     # (np.copyto(δ, 0, where=x <= 0), its form before 2026-11-23), on one layer's activation
@@ -140,9 +134,9 @@ def measure(args) -> dict:
     relu = {"sign multiply": [], "masked copy": []}
     for _ in range(max(30, args.repeats)):
         d = y.copy()
-        t0 = time.perf_counter(); d *= np.sign(act); relu["sign multiply"].append(time.perf_counter() - t0)
+        relu["sign multiply"].append(time_call(lambda: np.multiply(d, np.sign(act), out=d)))
         d = y.copy()
-        t0 = time.perf_counter(); np.copyto(d, 0, where=act <= 0); relu["masked copy"].append(time.perf_counter() - t0)
+        relu["masked copy"].append(time_call(lambda: np.copyto(d, 0, where=act <= 0)))
 
     # tracemalloc peaks, one step each, timing done (tracemalloc slows allocation)
     # (schedule and backend built before, as in tests/test_memory_model.py)
@@ -150,12 +144,9 @@ def measure(args) -> dict:
     for s in args.strategies:
         schedule, backend = ckpt.make_schedule(s, D), ckpt.NumpyBackend(model)
         ckpt.execute(schedule, backend, x, y)
-        tracemalloc.start()
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        res = ckpt.execute(schedule, backend, x, y)
-        peaks[s] = tracemalloc.get_traced_memory()[1] - base
-        tracemalloc.stop()
+        with TracemallocMeter() as meter:
+            res = ckpt.execute(schedule, backend, x, y)
+        peaks[s] = meter.figures["tracemalloc_peak"]
         stats[s] = res.stats
         del res
     predicted = {s: ckpt.predict_memory(model, s, batch=B) for s in args.strategies}
@@ -178,67 +169,28 @@ def measure(args) -> dict:
                              "peak_saved_bytes": st.peak_saved_bytes} for s, st in stats.items()},
         "agreement": agreement,
         "load_avg_before": load_before, "load_avg_after": load_after,
-        "machine": machine_info(np, torch, blas, threads),
-    }
-
-
-def blas_info(threads) -> dict:
-    """OpenBLAS kernel and threads as numpy sees them (threadpoolctl when installed)."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return {"source": "numpy.show_config (threadpoolctl not installed)", "libraries": []}
-    return {"source": "threadpoolctl", "libraries": [
-        {k: lib.get(k) for k in ("user_api", "internal_api", "prefix", "version", "architecture",
-                                 "threading_layer", "num_threads")}
-        for lib in threadpool_info()]}
-
-
-def machine_info(np, torch, blas, threads) -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    np_blas = "?"
-    try:
-        cfg = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        np_blas = f"{cfg.get('name')} {cfg.get('version')}"
-    except Exception:
-        pass
-    torch_blas = next((part.split("=", 1)[1] for part in torch.__config__.show().replace(",", " ").split()
-                       if part.startswith("BLAS_INFO=")), "?")
-    return {
-        "cpu": cpu, "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
-        "platform": platform.platform(), "python": platform.python_version(),
-        "numpy": np.__version__, "numpy_blas": np_blas, "torch": torch.__version__, "torch_blas": torch_blas,
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch_threads": torch.get_num_threads(), "threads_requested": threads, "blas_runtime": blas,
-        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_details(threads),
     }
 
 
 # ------------------------------------------------------------------ driving and reporting
 
-def run_child(args, setting: str, threads: int) -> dict:
-    """One fresh process; ``unset`` removes both OpenBLAS variables from its environment only."""
-    env = dict(os.environ)
+def measure_in_child(args, setting: str, threads: int) -> dict:
+    """One fresh process (profiling's runner); ``unset`` removes both OpenBLAS variables from its environment only."""
+    env = child_env(threads=threads)              # BLAS/OpenMP threads set before numpy / torch load
     if setting == "unset":
         for v in OPENBLAS_VARS:
             env.pop(v, None)
-    for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[v] = str(threads)                     # set before numpy / torch load in the child
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [sys.executable, __file__, "--child", str(out), "--depth", str(args.depth), "--width", str(args.width),
-               "--batch", str(args.batch), "--dtype", args.dtype, "--repeats", str(args.repeats),
-               "--warmup", str(args.warmup), "--threads", str(threads), "--strategies", *args.strategies]
-        print(f"[bench] OpenBLAS variables {setting}, {threads} thread(s): running …", file=sys.stderr, flush=True)
-        subprocess.run(cmd, env=env, check=True)
-        result = json.loads(out.read_text())
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:   # the sweeps' RSS setting would add page faults to each step
+        env.pop("MALLOC_MMAP_THRESHOLD_")
+    cmd = [sys.executable, __file__, "--child", "--depth", str(args.depth), "--width", str(args.width),
+           "--batch", str(args.batch), "--dtype", args.dtype, "--repeats", str(args.repeats),
+           "--warmup", str(args.warmup), "--threads", str(threads), "--strategies", *args.strategies]
+    print(f"[bench] OpenBLAS variables {setting}, {threads} thread(s): running …", file=sys.stderr, flush=True)
+    result = run_child(cmd, env, args.timeout, show_stderr=True)
+    if "status" in result:                        # the child died, hung or raised: no numbers
+        raise SystemExit(f"bench_engine: the measuring process ended without a result ({result['status']}: "
+                         f"{result['error']})")
     result["setting"] = setting
     return result
 
@@ -456,7 +408,8 @@ def main(argv=None) -> int:
     p.add_argument("--openblas-env", choices=("as-set", "unset", "both"), default="both",
                    help="run with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE as set, unset (this run only), or both")
     p.add_argument("--out", default="reports/engine_benchmark")
-    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--timeout", type=float, default=3600, help="seconds before a measuring process is killed")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if "store_all" not in args.strategies:
         p.error("--strategies must include store_all (the baseline)")
@@ -465,10 +418,10 @@ def main(argv=None) -> int:
 
     if args.child:
         args.threads = args.threads[0]
-        Path(args.child).write_text(json.dumps(measure(args)))
+        emit(measure(args))
         return 0
     settings = ["unset", "as-set"] if args.openblas_env == "both" else [args.openblas_env]
-    results = [run_child(args, s, t) for t in args.threads for s in settings]
+    results = [measure_in_child(args, s, t) for t in args.threads for s in settings]
     out = Path(args.out)
     out = out if out.is_absolute() else ROOT / out
     write_report(args, results, out)

@@ -13,7 +13,14 @@ recomputed forward time" is (step − plain step) / (recomputed forward steps / 
 × that forward).  Ours run as users run them, without byte counting
 (``track_memory=False``); a second instance with it on gives the saved bytes.
 
-On CPU the script re-runs itself with glibc told to keep freed memory
+Built on ``profiling``: each workload is measured in a fresh child process started by the
+runner (it dies with this process; ``--timeout`` bounds it), its steps timed by
+``profiling.timers`` (CUDA-synchronised), CUDA peaks read by the cuda meter, plain torch's
+saved bytes counted by the saved-tensor counter the sweeps use, and the machine described
+by ``profiling.environment``.  It drives ckpt's public API only
+(``ckpt.CheckpointedSequential(stages, strategy)``, ``track_memory=True`` for saved bytes).
+
+On CPU each child runs with glibc told to keep freed memory
 (``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``), as CUDA's caching
 allocator does.  Otherwise a step's fresh allocations fault in from the kernel
 again (60 000 page faults per plain step on the MLP) by an amount that depends on
@@ -35,11 +42,11 @@ glibc's defaults.  Memory:
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -48,9 +55,11 @@ import torch.utils.checkpoint as tuc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ckpt  # noqa: E402
-from ckpt import CheckpointedSequential  # noqa: E402
-from profiling.environment import cpu_model  # noqa: E402
-from profiling.workloads import he_linear  # noqa: E402
+from profiling.environment import machine_details  # noqa: E402
+from profiling.meters import CudaMeter  # noqa: E402
+from profiling.runner import child_env, emit, run_child  # noqa: E402
+from profiling.timers import synchronize, time_call  # noqa: E402
+from profiling.workloads import he_linear, saved_tensor_counter  # noqa: E402
 
 MiB = 2 ** 20
 FORWARD = "plain_forward"      # timed in the same rounds: the unit of recomputation
@@ -96,14 +105,14 @@ def methods(model, n):
     """name → (function x ↦ output, forward steps), and ours with byte counting; all share ``model``'s modules."""
     k = math.ceil(math.sqrt(n))
     strategies = ("store_all", "sqrt_n", "recompute")
-    ours = {s: CheckpointedSequential(model, strategy=s) for s in strategies}
-    counting = {s: CheckpointedSequential(model, strategy=s, track_memory=True) for s in strategies}
+    ours = {s: ckpt.CheckpointedSequential(model, s) for s in strategies}
+    counting = {s: ckpt.CheckpointedSequential(model, s, track_memory=True) for s in strategies}
     return {
         "plain": (model, n),
         "torch_checkpoint_sequential": (
             lambda x: tuc.checkpoint_sequential(model, k, x, use_reentrant=False),
             n + (n // k) * (k - 1)),
-        **{f"ours_{s}": (m, m.schedule.forward_steps) for s, m in ours.items()},
+        **{f"ours_{s}": (m, ckpt.make_schedule(s, n).forward_steps) for s, m in ours.items()},
     }, counting
 
 
@@ -113,11 +122,6 @@ def step(fn, model, x):
         p.grad = None
     out = fn(x)
     out.float().square().mean().backward()
-
-
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_rounds(fns, model, x, device, rounds, warmup, slow_rounds, slow):
@@ -137,16 +141,9 @@ def time_rounds(fns, model, x, device, rounds, warmup, slow_rounds, slow):
 
 def time_one(fn, model, x, device) -> float:
     """Seconds for one training step of ``fn`` (None: a plain training forward, no backward)."""
-    sync(device)
-    t0 = time.perf_counter()
-    if fn is None:
-        out = model(x)                   # the graph is recorded, as in a training step
-        sync(device)
-        del out
-    else:
-        step(fn, model, x)
-    sync(device)
-    return time.perf_counter() - t0
+    if fn is None:                       # the graph is recorded, as in a training step, then dropped
+        return time_call(lambda: model(x), device)
+    return time_call(lambda: step(fn, model, x), device)
 
 
 def peak_alloc(fn, model, x, device):
@@ -154,12 +151,9 @@ def peak_alloc(fn, model, x, device):
     for p in model.parameters():
         p.grad = None
     if device == "cuda":
-        torch.cuda.synchronize()
-        rest = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step(fn, model, x)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - rest
+        with CudaMeter() as meter:
+            step(fn, model, x)
+        return meter.figures["cuda_allocated"]
     events = cpu_memory_events(lambda: step(fn, model, x))
     live = peak = 0
     for nbytes in events:
@@ -187,10 +181,10 @@ def held_after_forward(fn, model, x, device):
         p.grad = None
     outs = []
     if device == "cuda":
-        torch.cuda.synchronize()
+        synchronize(device)
         before = torch.cuda.memory_allocated()
         outs.append(fn(x))
-        torch.cuda.synchronize()
+        synchronize(device)
         held = torch.cuda.memory_allocated() - before
     else:
         held = sum(cpu_memory_events(lambda: outs.append(fn(x))))
@@ -200,43 +194,67 @@ def held_after_forward(fn, model, x, device):
 
 
 def plain_saved(model, x):
-    """Bytes plain torch saves for backward (each storage once; the input left out)."""
-    report = ckpt.saved_residuals(model, x)
-    first = next((t for t in report[0].tensors if t.reason.startswith("input")), None)
-    return sum(r.new_bytes for r in report) - (first.nbytes if first is not None else 0)
+    """Bytes plain torch saves for backward (each storage once; the input and parameters left out)."""
+    hooks, totals = saved_tensor_counter()
+    totals["exclude"] = {p.untyped_storage().data_ptr() for p in model.parameters()} | {x.untyped_storage().data_ptr()}
+    with hooks:
+        out = model(x)
+    del out
+    return totals["bytes"]
 
 
 # ------------------------------------------------------------------ run and report
 
-def bench(device, rounds, warmup, slow_rounds, only=None, skip=()):
+def bench_workload(wname, device, rounds, warmup, slow_rounds, skip=()):
+    """Rows of one workload, every method (in this process: the child of ``bench``)."""
     rows = []
-    for wname, build in WORKLOADS[device].items():
-        if only and only not in wname:
-            continue
-        model, x = build(device)
-        n = len(model)
-        fns, counting = methods(model, n)
-        for name in skip:
-            fns.pop(name, None)
-        slow = {"ours_recompute"} if n > 64 else set()
-        print(f"[{wname}] n={n}, timing {rounds} rounds ({slow_rounds} for {sorted(slow)})", flush=True)
-        times = time_rounds({FORWARD: None, **{k: v[0] for k, v in fns.items()}}, model, x, device,
-                            rounds, warmup, slow_rounds, slow & set(fns))
-        t_fwd = times.pop(FORWARD)[0]
-        saved = {"plain": plain_saved(model, x)}
-        for name, (fn, steps) in fns.items():
-            mem = None if name in slow else peak_alloc(fn, model, x, device)
-            held = held_after_forward(fn, model, x, device)
-            if name.startswith("ours_"):
-                ours = counting[name.removeprefix("ours_")]
-                step(ours, model, x)
-                saved[name] = ours.last_stats.peak_saved_bytes
-            rows.append(dict(workload=wname, n=n, method=name, forward_steps=steps,
-                             time_s=times[name][0], rounds=times[name][1], peak_alloc_bytes=mem,
-                             saved_bytes=saved.get(name), held_bytes=held, plain_forward_s=t_fwd))
-            print(f"  {name:30s} {times[name][0]:8.4f} s  peak {(mem or 0) / MiB:9.1f} MiB", flush=True)
-        del model, x, fns, counting
+    model, x = WORKLOADS[device][wname](device)
+    n = len(model)
+    fns, counting = methods(model, n)
+    for name in skip:
+        fns.pop(name, None)
+    slow = {"ours_recompute"} if n > 64 else set()
+    print(f"[{wname}] n={n}, timing {rounds} rounds ({slow_rounds} for {sorted(slow)})", file=sys.stderr, flush=True)
+    times = time_rounds({FORWARD: None, **{k: v[0] for k, v in fns.items()}}, model, x, device,
+                        rounds, warmup, slow_rounds, slow & set(fns))
+    t_fwd = times.pop(FORWARD)[0]
+    saved = {"plain": plain_saved(model, x)}
+    for name, (fn, steps) in fns.items():
+        mem = None if name in slow else peak_alloc(fn, model, x, device)
+        held = held_after_forward(fn, model, x, device)
+        if name.startswith("ours_"):
+            ours = counting[name.removeprefix("ours_")]
+            step(ours, model, x)
+            saved[name] = ours.last_stats.peak_saved_bytes
+        rows.append(dict(workload=wname, n=n, method=name, forward_steps=steps,
+                         time_s=times[name][0], rounds=times[name][1], peak_alloc_bytes=mem,
+                         saved_bytes=saved.get(name), held_bytes=held, plain_forward_s=t_fwd))
+        print(f"  {name:30s} {times[name][0]:8.4f} s  peak {(mem or 0) / MiB:9.1f} MiB",
+              file=sys.stderr, flush=True)
     return rows
+
+
+def bench(args) -> tuple[list[dict], dict]:
+    """(rows, the first child's machine details): each workload in a fresh child process."""
+    rows, machine = [], None
+    malloc = {} if args.device == "cuda" or args.system_malloc else dict([KEEP_FREED, KEEP_HEAP])
+    env = child_env(malloc, threads=None)
+    if args.system_malloc and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        env.pop("MALLOC_MMAP_THRESHOLD_")             # glibc's defaults, as asked
+    for wname in WORKLOADS[args.device]:
+        if args.only and args.only not in wname:
+            continue
+        cmd = [sys.executable, __file__, "--child", wname, "--device", args.device, "--rounds", str(args.rounds),
+               "--warmup", str(args.warmup), "--slow-rounds", str(args.slow_rounds), "--skip", *args.skip]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        print(f"[{wname}] measuring in a fresh process …", flush=True)
+        result = run_child(cmd, env, args.timeout, show_stderr=True)
+        if "rows" not in result:
+            raise SystemExit(f"bench_torch: {wname} ended without a result ({result['status']}: {result['error']})")
+        rows += result["rows"]
+        machine = machine or {**result["machine"], "malloc": result["malloc"]}
+    return rows, machine
 
 
 def derive(rows):
@@ -259,15 +277,15 @@ def derive(rows):
     return pd.concat(out)
 
 
-def markdown(df, device, command) -> str:
+def markdown(df, device, command, machine) -> str:
     lines = [f"# Torch checkpointing benchmark ({device})", "",
              f"Reproduce: `{command}`", "",
-             f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_model()}"
-             + (f", {torch.cuda.get_device_name()}" if device == "cuda" else "") + ". "
+             f"torch {machine['torch']}, {machine['torch_threads']} threads, {machine['cpu']}"
+             + (f", {', '.join(machine['gpus'])}" if device == "cuda" else "") + ". "
+             "Each workload ran in its own fresh process. "
              "Times are medians of interleaved rounds after warm-up (`rounds` column; recompute on "
              "deep chains is timed after the rounds); ratios come from the same run. glibc: "
-             + (", ".join(f"{k}={os.environ[k]}" for k, _ in (KEEP_FREED, KEEP_HEAP) if k in os.environ)
-                or "defaults") + ".", ""]
+             + (", ".join(f"{k}={v}" for k, v in machine["malloc"].items()) or "defaults") + ".", ""]
     for w, g in df.groupby("workload", sort=False):
         t_fwd = g["plain_forward_s"].iloc[0]
         lines += [f"## {w} (n = {g['n'].iloc[0]} stages; plain training forward {t_fwd:.4f} s)", "",
@@ -297,6 +315,17 @@ def markdown(df, device, command) -> str:
     return "\n".join(lines)
 
 
+def child_main(args) -> int:
+    """In a fresh process: one workload's rows, the machine, the allocator settings, as one emitted row."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = bench_workload(args.child, args.device, args.rounds, args.warmup, args.slow_rounds, args.skip)
+    malloc = {k: os.environ[k] for k, _ in (KEEP_FREED, KEEP_HEAP) if k in os.environ}
+    emit({"rows": json.loads(json.dumps(rows, default=float)), "machine": machine_details(args.threads),
+          "malloc": malloc})
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -309,22 +338,23 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="report folder (default reports/torch_<cpu|gpu>)")
     ap.add_argument("--system-malloc", action="store_true",
                     help="CPU: keep glibc's default trim/mmap thresholds (page faults then swing the times)")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds before a workload's process is killed")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.device == "cpu" and not args.system_malloc and argv is None and os.environ.get(KEEP_FREED[0]) is None:
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **dict([KEEP_FREED, KEEP_HEAP])})
+    if args.child:
+        return child_main(args)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_torch: --device cuda needs a CUDA GPU, none is visible; run with --device cpu")
     out = Path(args.out or f"reports/torch_{'gpu' if args.device == 'cuda' else 'cpu'}")
     out.mkdir(parents=True, exist_ok=True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rows = bench(args.device, args.rounds, args.warmup, args.slow_rounds, args.only, args.skip)
+    rows, machine = bench(args)
     df = derive(rows)
     df.to_csv(out / "results.csv", index=False)
     command = "python scripts/bench_torch.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    (out / "README.md").write_text(markdown(df, args.device, command.strip()) + "\n")
+    (out / "README.md").write_text(markdown(df, args.device, command.strip(), machine) + "\n")
     print(f"wrote {out / 'results.csv'} and {out / 'README.md'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

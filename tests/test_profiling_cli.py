@@ -37,7 +37,7 @@ def test_unwritable_out_is_a_clear_error(capsys, tmp_path):
 def test_dry_run_lists_configurations(capsys):
     assert main(["sweep", "--preset", "smoke", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "backend=numpy" in out and "configurations" in out
+    assert "depth=4|width=64|batch=128" in out and "configurations" in out
 
 
 def test_strategy_all_expands(capsys):

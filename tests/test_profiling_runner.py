@@ -5,6 +5,8 @@ import pytest
 from profiling.runner import MMAP_THRESHOLD, child_env, run_config
 from profiling.workloads import Config
 
+from .test_profiling_sweep import _has_cuda
+
 TINY = Config(backend="numpy", depth=4, width=128, batch=256, strategy="sqrt_n")
 
 
@@ -40,3 +42,15 @@ def test_crash_is_a_row_naming_the_signal():
 def test_child_environment_fixes_the_allocator_and_threads():
     env = child_env(threads=1)
     assert env["MALLOC_MMAP_THRESHOLD_"] == MMAP_THRESHOLD and env["OMP_NUM_THREADS"] == "1"
+
+
+def test_each_row_says_where_it_ran():
+    import socket
+    row = run_config(TINY, iters=1)
+    assert row["host"] == socket.gethostname() and row["cpu"] and row["cpu_count"] >= 1
+
+
+@pytest.mark.skipif(_has_cuda(), reason="checks the no-GPU row")
+def test_cuda_is_checked_where_the_row_runs():
+    row = run_config(Config(backend="torch", device="cuda", depth=2, width=8, batch=4))
+    assert row["status"] == "error" and "torch.cuda.is_available() is False on host" in row["error"]

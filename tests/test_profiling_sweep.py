@@ -121,7 +121,7 @@ def test_toml_sweep_file(tmp_path):
     grids, run = load_grid_file(f)
     assert run == {"timeout": 9} and len(expand(grids)) == 3
     f.write_text("[run]\ntimeot = 9\n[grid]\ndepth = 2\n")
-    with pytest.raises(ValueError, match="unknown \\[run\\] option"):
+    with pytest.raises(ValueError, match="s.toml' \\[run\\]: unknown run option 'timeot'"):
         load_grid_file(f)
 
 
@@ -140,3 +140,15 @@ def test_fresh_starts_over_with_a_new_environment_header(tmp_path, monkeypatch):
     df = run_sweep([GRID], tmp_path, fresh=True, progress=False)
     assert len(df) == len(expand(GRID))
     assert "an old sweep" not in (tmp_path / "environment.json").read_text()
+
+
+def test_local_jobs_stream_every_row_and_warn_that_timings_share_cores(tmp_path, monkeypatch, capsys):
+    from profiling.executors import LocalExecutor, make_executor
+    monkeypatch.setattr(profiling.runner, "run_config", FakeRunner())
+    df = run_sweep([GRID], tmp_path, executor=LocalExecutor(jobs=3), progress=False)
+    assert sorted(df["key"]) == sorted(c.key for c in expand(GRID))
+    assert "timings share" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--jobs is for --executor local"):
+        make_executor("ray", jobs=2)
+    with pytest.raises(ValueError, match="jobs must be an int ≥ 1, got 0"):
+        LocalExecutor(0)
