@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from .meters import mark_gradients
+
 BACKENDS = ("numpy", "torch")
 DEVICES = ("cpu", "cuda")
 MODES = ("train", "predict")
@@ -289,6 +291,7 @@ class TorchWorkload:
         if self.impl == "ckpt-torch":
             seq = checkpointed_sequential()(seq, strategy=c.strategy, track_memory=True)
         self.model = seq
+        self._marks = mark_gradients(self.plain.parameters()) if c.mode == "train" else []
         self.x = torch.randn(c.batch, c.width, device=self.device, dtype=dtype)
         self.y = torch.randn(c.batch, c.width, device=self.device, dtype=dtype)
         self.optimizer_bytes, self.saved_bytes = 0, None
