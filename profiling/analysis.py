@@ -288,6 +288,15 @@ def _measured_by(df: pd.DataFrame, backend: str) -> str:
     return ", ".join(meters) or "–"
 
 
+def activation_label(df: pd.DataFrame, backend: str) -> str:
+    """How a backend's training activation memory was obtained, in a few words (for summaries and axes)."""
+    rows = df[(df["backend"] == backend) & (df["mode"] == "train")] if len(df) else df
+    sources = set(rows["activation_source"].dropna().astype(str)) if "activation_source" in rows else set()
+    short = {"counted: executor ledger" if s.startswith("counted") else f"measured: {_measured_by(df, backend)} − gradients"
+             for s in sources}
+    return " / ".join(sorted(short)) or "–"
+
+
 def targets(df: pd.DataFrame) -> pd.DataFrame:
     """The issue's acceptance claims on this frame: claim, meter, measured value, target, met ("n/a: …" when undecidable).
 

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .analysis import tradeoff, train_predict_ratio  # noqa: E402
+from .analysis import activation_label, tradeoff, train_predict_ratio  # noqa: E402
 
 MIB = 2 ** 20
 STYLE = {"store_all": ("tab:red", "o"), "sqrt_n": ("tab:blue", "s"), "recompute": ("tab:green", "^"),
@@ -82,8 +82,8 @@ def peak_vs(df: pd.DataFrame, axis: str, path: Path, y: str = "peak_bytes", logl
             ax.set_yscale("log")
         ax.set_title(f"{backend}: measured peak vs {axis} ({_sizes(g, 'width', fixed)})", fontsize=10)
         ax.set_xlabel(axis)
-        ax.set_ylabel(f"MiB above params + inputs, measured ({_meters(g)})\nsolid: whole step; dotted: activations",
-                      fontsize=8)
+        ax.set_ylabel(f"MiB above params + inputs\nsolid: whole step, measured ({_meters(g)})\n"
+                      f"dotted: activations ({activation_label(g, backend)})", fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path)
@@ -144,7 +144,7 @@ def time_vs_memory(df: pd.DataFrame, path: Path) -> Path:
         ax.scatter([0], [0], color=_style("store_all")[0], marker=_style("store_all")[1], label="store_all (reference)")
         ax.set_yscale("symlog", linthresh=10)
         ax.set_title(f"{backend}: vs store_all at the same depth ({_sizes(g, 'width', 'batch')})", fontsize=10)
-        ax.set_xlabel(f"change in activation memory, % (measured: {_meters(df[df['backend'] == backend])}; "
+        ax.set_xlabel(f"change in activation memory, % ({activation_label(df, backend)}; "
                       f"negative = saved)", fontsize=8)
         ax.set_ylabel("extra time per step, % (median step)")
         ax.grid(True, alpha=0.3)

@@ -104,21 +104,21 @@ def summary_section(df: pd.DataFrame) -> str:
     out = []
     slopes = A.loglog_slopes(df)
     for (backend, width, batch), g in slopes.groupby(["backend", "width", "batch"]):
-        parts = [f"{r.line} {r.slope:.2f}" for r in g.sort_values("line").itertuples()]
-        out.append(f"- **{backend}** (width {width}, batch {batch}; {A._measured_by(df, backend)}): log-log slope of "
-                   f"measured activation memory in depth — " + ", ".join(parts)
+        parts = [f"{r.line} {round(r.slope, 2) + 0.0:.2f}" for r in g.sort_values("line").itertuples()]
+        out.append(f"- **{backend}** (width {width}, batch {batch}; {A.activation_label(df, backend)}): log-log slope "
+                   f"of activation memory in depth — " + ", ".join(parts)
                    + " (theory: store_all 1, sqrt_n ½, recompute and predict 0).")
     lin = A.linear_fits(df)
     for _, r in lin[lin["line"] == "store_all"].iterrows():
         held = "batch" if r.axis == "depth" else "depth"
         out.append(f"- **{r.backend}** store_all measured training peak is linear in {r.axis} "
-                   f"({r['from']}–{r['to']}; width {r['width']}, {held} {r[held]}): "
+                   f"({r['from']:g}–{r['to']:g}; width {r['width']:g}, {held} {r[held]:g}): "
                    f"{r.b / 1024:,.1f} KiB per unit of {r.axis}, R² = {r.r2:.4f}.")
     prod = A.product_fits(df)
     for _, r in prod[prod["line"] == "store_all"].iterrows():
         size = np.dtype(r["dtype"]).itemsize
-        out.append(f"- **{r.backend}** store_all measured activation memory = {r.a / MIB:.2f} MiB + {r.b:.1f} bytes × "
-                   f"depth × batch (R² = {r.r2:.4f}; width {r['width']} × {size} bytes = "
+        out.append(f"- **{r.backend}** store_all activation memory ({A.activation_label(df, r.backend)}) = "
+                   f"{r.a / MIB:.2f} MiB + {r.b:.1f} bytes × depth × batch (R² = {r.r2:.4f}; width {r['width']} × {size} bytes = "
                    f"{r['width'] * size}: one kept activation per stage and example).")
     ratio = A.train_predict_ratio(df)
     ratio = ratio[(ratio["strategy"] == "store_all") & ratio["optimizer"].isin(["sgd"])]
@@ -223,8 +223,8 @@ def _fits_section(prepared: pd.DataFrame) -> list[str]:
     slopes = A.loglog_slopes(prepared)
     totals = A.loglog_slopes(prepared, "peak_bytes")
     fit_cols = ["backend", "width", "batch", "line", "optimizer", "from", "to", "slope", "r2", "n"]
-    parts = ["## Fitted laws (on measured peaks)\n",
-             "### Log-log slope of measured activation memory in depth\n",
+    parts = ["## Fitted laws\n",
+             "### Log-log slope of activation memory in depth (numpy: counted by the ledger; torch: measured)\n",
              md_table(slopes[fit_cols], {"slope": ".3f", "r2": ".4f"}, FIT_HEADERS) if len(slopes)
              else f"_{A.UNDECIDED_DEPTHS}: this grid has no such depth sweep._\n",
              "### Log-log slope of the whole step's measured peak in depth (gradients included)\n",
@@ -236,7 +236,7 @@ def _fits_section(prepared: pd.DataFrame) -> list[str]:
                   md_table(lin[["backend", "width", "axis", "depth", "batch", "line", "optimizer", "from", "to", "a",
                                 "b", "r2"]], {"a": "mib", "b": "mib", "r2": ".4f"},
                            {"a": "a (MiB)", "b": "b (MiB per unit of axis)", "r2": "R²"})]
-    for quantity, title in (("activation_bytes", "measured activation"),
+    for quantity, title in (("activation_bytes", "activation (numpy: counted; torch: measured)"),
                             ("peak_bytes", "measured whole-step peak (gradients grow with depth alone)")):
         prod = A.product_fits(prepared, quantity)
         if len(prod):
