@@ -36,9 +36,11 @@ wrapper runs the step.  Frees of blocks allocated before the region carry no siz
 (torch warns "Memory block of unknown size") and are not subtracted: the figure is the
 peak of bytes the region itself allocated and still held.  ``grad_at_peak`` (the
 gradients autograd had stored by the peak, read from ``mark_gradients``' annotations in
-the same timeline) exists when the workload marks its parameters; a wrapper that keeps
-gradients inside one autograd Function until its backward ends (ckpt's torch wrapper
-before issue 11) hands them over after the peak, so there it reads 0.  The profiler roughly
+the same timeline) and ``activation_peak`` (the peak of held less stored gradients: the
+torch analogue of the ledger's ``peak_activation_bytes``) exist when the workload marks
+its parameters.  A wrapper that keeps gradients inside one autograd Function until its
+backward ends (ckpt's torch wrapper before issue 11) hands them over after the peak:
+there ``grad_at_peak`` reads 0 and ``activation_peak`` still holds those gradients.  The profiler roughly
 doubles a step of small kernels (measured: depth-64, width-128 Linear+ReLU, batch 256:
 0.046 s → 0.072 s fastest of 7), so the runner times steps with no meter running.
 """
@@ -132,6 +134,7 @@ class TorchCPUMeter(Meter):
         out = {"peak": max(0, peak.held), "held": self.timeline[-1].held if self.timeline else 0}
         if self.timeline and self.timeline[-1].gradients:
             out["grad_at_peak"] = peak.gradients
+            out["activation_peak"] = max(t.held - t.gradients for t in self.timeline)
         return out
 
 

@@ -235,6 +235,8 @@ def test_gradient_marks_say_which_gradients_the_peak_holds():
         _train_step(model, x, y)
     stage_params = (width * width + width) * 4
     assert m.figures["torch_cpu_grad_at_peak"] == (depth - 1) * stage_params
+    assert m.figures["torch_cpu_activation_peak"] == max(t.held - t.gradients for t in m.timeline)
+    assert m.figures["torch_cpu_activation_peak"] < m.figures["torch_cpu_peak"] - (depth - 2) * stage_params
     assert m.figures["torch_cpu_held"] == depth * stage_params
     assert m.figures["torch_cpu_peak"] > depth * stage_params
     for h in handles:
