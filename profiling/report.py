@@ -131,7 +131,7 @@ def summary_section(df: pd.DataFrame) -> str:
     trade = trade[trade["strategy"] != "store_all"]
     for (backend, strategy, width, batch), g in trade.groupby(["backend", "strategy", "width", "batch"]):
         deep = g.sort_values("depth").iloc[-1]
-        out.append(f"- **{backend}** {strategy} vs store_all (width {width}, batch {batch}, {len(g)} depths): median "
+        out.append(f"- **{backend}** {strategy} vs store_all (width {width}, batch {batch}, {g['depth'].nunique()} depths): median "
                    f"{100 * g['time_overhead'].median():+.0f}% time per step, "
                    f"{100 * g['activation_change'].median():+.0f}% activation memory "
                    f"(at depth {deep.depth}: {100 * deep.time_overhead:+.0f}% time, "
