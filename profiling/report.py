@@ -36,16 +36,41 @@ def _cell(v, fmt: str | None) -> str:
     return str(v)
 
 
+def _header(column: str, fmt: str | None, headers: dict) -> str:
+    """The header of a column: the given one, else its name with the unit its format shows."""
+    if column in headers:
+        return headers[column]
+    if fmt == "mib":
+        return column.removesuffix("_bytes") + "_MiB"
+    if fmt == "pct":
+        return column + " (%)"
+    return column
+
+
 def md_table(df: pd.DataFrame, formats: dict | None = None, headers: dict | None = None) -> str:
-    """A markdown table of df; ``formats`` maps a column to 'mib', 'pct', 'ratio' or a format spec."""
+    """A markdown table of df; ``formats`` maps a column to 'mib', 'pct', 'ratio' or a format spec.
+
+    A MiB column is headed ``<name>_MiB`` (never ``_bytes``) unless ``headers`` names it.
+    """
     if df is None or df.empty:
         return "_(no rows)_\n"
     formats, headers = formats or {}, headers or {}
     cols = list(df.columns)
-    lines = ["| " + " | ".join(headers.get(c, c) for c in cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(_header(c, formats.get(c), headers) for c in cols) + " |", "|" + "---|" * len(cols)]
     for _, row in df.iterrows():
         lines.append("| " + " | ".join(_cell(row[c], formats.get(c)).replace("|", "\\|") for c in cols) + " |")
     return "\n".join(lines) + "\n"
+
+
+def time_with_spread(df: pd.DataFrame, median: str = "time_s", lo: str = "time_lo_s", hi: str = "time_hi_s") -> pd.Series:
+    """'median [min–max]' in seconds, per row (the spread over every timed step of every repeat)."""
+    def one(r):
+        if pd.isna(r[median]):
+            return "–"
+        if lo in r and hi in r and pd.notna(r[lo]) and pd.notna(r[hi]):
+            return f"{r[median]:.4f} [{r[lo]:.4f}–{r[hi]:.4f}]"
+        return f"{r[median]:.4f}"
+    return df.apply(one, axis=1) if len(df) else pd.Series([], dtype=str)
 
 
 # ----------------------------------------------------------------- sections
@@ -66,75 +91,94 @@ def environment_section(env: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _at(r) -> str:
+    """'width W, batch B' of a fit or row (the sizes a summary line is about)."""
+    parts = [f"width {r['width']}" if "width" in r else "", f"batch {r['batch']}" if "batch" in r else ""]
+    return ", ".join(p for p in parts if p)
+
+
 def summary_section(df: pd.DataFrame) -> str:
-    """Generated sentences stating the fitted laws and the headline ratios."""
+    """Generated sentences stating the fitted laws and the headline ratios, each labelled by its sizes and meter."""
+    if df.empty:
+        return "_No successful rows: nothing to summarise._\n"
     out = []
     slopes = A.loglog_slopes(df)
-    for backend, g in slopes.groupby("backend"):
-        parts = [f"{r.line} {r.slope:.2f}" for r in g.sort_values("line").itertuples()]
-        out.append(f"- **{backend}**: log-log slope of activation memory in depth — " + ", ".join(parts)
+    for (backend, width, batch), g in slopes.groupby(["backend", "width", "batch"]):
+        parts = [f"{r.line} {round(r.slope, 2) + 0.0:.2f}" for r in g.sort_values("line").itertuples()]
+        out.append(f"- **{backend}** (width {width}, batch {batch}; {A.activation_label(df, backend)}): log-log slope "
+                   f"of activation memory in depth — " + ", ".join(parts)
                    + " (theory: store_all 1, sqrt_n ½, recompute and predict 0).")
     lin = A.linear_fits(df)
-    for _, r in (lin[lin["line"] == "store_all"] if len(lin) else lin).iterrows():
-        out.append(f"- **{r.backend}** store_all training peak is linear in {r.axis} "
-                   f"({r['from']}–{r['to']}): {r.b / 1024:,.1f} KiB per unit of {r.axis}, R² = {r.r2:.4f}.")
+    for _, r in lin[lin["line"] == "store_all"].iterrows():
+        held = "batch" if r.axis == "depth" else "depth"
+        out.append(f"- **{r.backend}** store_all measured training peak is linear in {r.axis} "
+                   f"({r['from']:g}–{r['to']:g}; width {r['width']:g}, {held} {r[held]:g}): "
+                   f"{r.b / 1024:,.1f} KiB per unit of {r.axis}, R² = {r.r2:.4f}.")
     prod = A.product_fits(df)
-    for _, r in (prod[prod["line"] == "store_all"] if len(prod) else prod).iterrows():
-        out.append(f"- **{r.backend}** store_all activation memory = {r.a / MIB:.2f} MiB + {r.b:.1f} bytes × depth × batch "
-                   f"(R² = {r.r2:.4f}; width {r['width']} × {np.dtype(r['dtype']).itemsize} bytes = "
-                   f"{r['width'] * np.dtype(r['dtype']).itemsize}: one kept activation per stage and example).")
+    for _, r in prod[prod["line"] == "store_all"].iterrows():
+        size = np.dtype(r["dtype"]).itemsize
+        out.append(f"- **{r.backend}** store_all activation memory ({A.activation_label(df, r.backend)}) = "
+                   f"{r.a / MIB:.2f} MiB + {r.b:.1f} bytes × depth × batch (R² = {r.r2:.4f}; width {r['width']} × {size} bytes = "
+                   f"{r['width'] * size}: one kept activation per stage and example).")
     ratio = A.train_predict_ratio(df)
     ratio = ratio[(ratio["strategy"] == "store_all") & ratio["optimizer"].isin(["sgd"])]
     for backend, g in ratio.groupby("backend"):
-        top = g.sort_values("depth").iloc[-1]
-        out.append(f"- **{backend}**: at depth {top.depth}, batch {top.batch}, a store_all training step needs "
-                   f"{top.ratio:.1f}× the memory of prediction ({top.ratio_with_params:.1f}× counting the parameters).")
+        top = g.sort_values(["depth", "batch"]).iloc[-1]
+        out.append(f"- **{backend}**: at depth {top.depth}, width {top.width}, batch {top.batch}, a store_all training "
+                   f"step needs {top.ratio:.1f}× the measured memory of prediction "
+                   f"({top.ratio_with_params:.1f}× counting the parameters).")
     trade = A.tradeoff(df)
     trade = trade[trade["strategy"] != "store_all"]
-    for (backend, strategy), g in trade.groupby(["backend", "strategy"]):
-        deep = g[g["depth"] == g["depth"].max()].iloc[0]
-        out.append(f"- **{backend}** {strategy} vs store_all: median {100 * g['time_overhead'].median():+.0f}% time per "
-                   f"step for {100 * g['activation_saved'].median():.0f}% less activation memory "
+    for (backend, strategy, width, batch), g in trade.groupby(["backend", "strategy", "width", "batch"]):
+        deep = g.sort_values("depth").iloc[-1]
+        out.append(f"- **{backend}** {strategy} vs store_all (width {width}, batch {batch}, {g['depth'].nunique()} depths): median "
+                   f"{100 * g['time_overhead'].median():+.0f}% time per step, "
+                   f"{100 * g['activation_change'].median():+.0f}% activation memory "
                    f"(at depth {deep.depth}: {100 * deep.time_overhead:+.0f}% time, "
-                   f"{100 * deep.activation_saved:.0f}% less).")
-    if len(df):
-        errs = A.error_summary(df)
-        for r in errs.itertuples():
-            out.append(f"- Prediction vs **{r.backend}/{r.device}** `{r.peak_meter}` ({r.mode}): median error "
-                       f"{100 * r.median_abs_error:.1f}%, worst {100 * r.max_abs_error:.1f}% over {r.rows} rows.")
+                   f"{100 * deep.activation_change:+.0f}% activation memory).")
+    errs = A.error_summary(df)
+    for r in errs.itertuples():
+        out.append(f"- Prediction vs **{r.backend}/{r.device}** ({r.peak_source}, {r.mode}): median error "
+                   f"{100 * r.median_abs_error:.1f}%, worst {100 * r.max_abs_error:.1f}% over {r.rows} rows.")
     return "\n".join(out) + "\n"
 
 
 def _decomposition_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The training decomposition at each backend's most populated (depth, batch), every strategy and optimizer."""
     d = A.decomposition(df)
     if d.empty:
         return d
-    d = d[d["optimizer"].isin(["sgd", "none", "momentum", "adam"])]
     pick = []
     for backend, g in d.groupby("backend"):
-        sizes = g.groupby(["depth", "batch"]).size().reset_index(name="rows")
+        sizes = g.groupby(["depth", "batch", "width"]).size().reset_index(name="rows")
         sizes["work"] = sizes["depth"] * sizes["batch"]
-        depth, batch = sizes.sort_values(["rows", "work"]).iloc[-1][["depth", "batch"]]
-        pick.append(g[(g["depth"] == depth) & (g["batch"] == batch)])
+        depth, batch, width = sizes.sort_values(["rows", "work"]).iloc[-1][["depth", "batch", "width"]]
+        pick.append(g[(g["depth"] == depth) & (g["batch"] == batch) & (g["width"] == width)])
     d = pd.concat(pick)
-    pred = df[df["mode"] == "predict"][A.SHAPE + ["depth", "batch", "peak_bytes"]]
-    pred = pred.rename(columns={"peak_bytes": "predict_peak"})
-    d = d.merge(pred, on=A.SHAPE + ["depth", "batch"], how="left")
-    cols = ["backend", "depth", "batch", "strategy", "optimizer", "param_bytes", "optimizer_bytes", "grads_at_peak",
-            "saved_at_peak_bytes", "other_bytes", "peak_bytes", "predicted_peak_bytes", "pred_error", "predict_peak"]
+    keys = A.SHAPE + ["depth", "batch"]
+    pred = df[df["mode"] == "predict"].groupby(keys, dropna=False)["peak_bytes"].median().rename("predict_peak")
+    d = d.join(pred, on=keys)
+    cols = ["backend", "width", "depth", "batch", "strategy", "optimizer", "peak_source", "param_bytes",
+            "optimizer_bytes", "grads_at_peak", "saved_at_peak_bytes", "other_bytes", "peak_bytes",
+            "predicted_peak_bytes", "pred_error", "predict_peak"]
     return d[cols].sort_values(["backend", "optimizer", "strategy"])
 
 
+DECOMPOSITION_HEADERS = {
+    "peak_source": "peak measured by", "param_bytes": "params, resident (MiB)",
+    "optimizer_bytes": "optimizer state (MiB, counted)", "grads_at_peak": "gradients at peak (MiB, counted)",
+    "saved_at_peak_bytes": "saved activations (MiB, counted)", "other_bytes": "rest (MiB, measured − counted)",
+    "peak_bytes": "peak (MiB, measured)", "predicted_peak_bytes": "peak (MiB, predicted)",
+    "pred_error": "measured vs predicted (%)", "predict_peak": "prediction step peak (MiB, measured)"}
+
 SECTIONS_NOTE = """\
 **What the columns mean.** Bytes are MiB *above* the parameters and the input batch, which are
-allocated before the measured region (the parameters are shown for scale). A training step's peak
-holds the optimizer's state, the gradients finished so far, the activations kept for backward
-(tapes and checkpoints: *saved*) and the rest (the current activation, δ, temporaries, bookkeeping).
-numpy splits the peak with the executor's ledger at the moment of the peak. torch counts the saved
-activations with `saved_tensors_hooks` over one plain forward (each storage once; store_all rows only —
-other strategies keep their tapes inside ckpt's autograd Function); the gradients present at torch's
-peak moment are not observable (autograd frees activations while it accumulates gradients), so on
-torch they are part of *rest* (their full size equals the parameters column).
+allocated before the measured region (the parameters are shown for scale). *Measured* is the row's
+meter (named in the table); *counted* is bookkeeping: the optimizer's state arrays, and for the
+gradients and saved activations at the peak the executor's ledger of real arrays / tensors (numpy and
+ckpt's torch wrapper, every strategy), or — on plain torch — autograd's saved-tensor hooks and the
+gradient marks in torch's allocator timeline; *rest* is measured − counted (the current activation,
+δ, temporaries); *predicted* is the memory model.
 """
 
 METHOD_NOTE = """\
@@ -142,80 +186,123 @@ Every configuration ran in its own fresh process (`python -m profiling.runner`),
 `MALLOC_MMAP_THRESHOLD_` fixed at 32 KiB so freed blocks from 32 KiB up return to the system. One step was measured
 under the meters after a warm-up step (kernels, thread pools, lazy imports; full-batch for torch, so the
 math library's batch-sized workspace is not counted as the step's); then steps were
-timed with no meter running (time = fastest timed step). Meters: numpy — `tracemalloc` (exact for
-numpy buffers, also counts the executor's few KiB of Python bookkeeping); torch CPU — the kernel's
-peak RSS (`VmHWM`, reset per region, after `gc.collect()` and glibc's `malloc_trim` so the region
-cannot hide in freed heap pages) beside memory_profiler's sampled RSS (`rss_peak`); the row's figure
-is the larger (`rss_max`): the kernel folds per-CPU page counts in batches, so `VmHWM` can miss
-~128 KiB per CPU, and the sampler misses short peaks; CUDA —
-`torch.cuda.max_memory_allocated/reserved` (reset per region) and NVML device-used when present.
-RSS moves in pages and counts allocator and autograd slack, so small torch CPU peaks read high
-against the model (whose prediction is for the equivalent numpy MLP; torch rows also carry ckpt's
-own ledger of torch tensors, `engine_peak_bytes`).
-The prediction is `ckpt.predict_memory` (the schedule executed on shapes) plus the optimizer's state
-(0, 1 or 2 copies of the parameters for sgd, momentum, adam).
+timed with no meter running: time = median step, [min–max] over every timed step of every repeat.
+Meters (what each figure's *measured* means):
+- numpy — `tracemalloc` (exact for numpy buffers; also counts the executor's few KiB of Python bookkeeping);
+- torch on CPU — `torch_cpu_peak`: torch's CPU allocator, from the profiler's memory events
+  (`torch.profiler.profile(profile_memory=True)`): the running sum of every allocation and free in time
+  order, peak above the region's start — the CPU analogue of `torch.cuda.max_memory_allocated`, independent
+  of ckpt (it measures whatever wrapper runs the step); blind to MKL's workspace and to numpy. The profiler
+  slows the metered step (≈ 1.5–2× for small kernels), which is why timing runs without it. Beside it,
+  process RSS (`rss_max`: the kernel's `VmHWM`, reset per region after `malloc_trim`, or memory_profiler's
+  samples, whichever is larger) as a cross-check: it also counts allocator slack and cannot resolve sub-MiB peaks;
+- CUDA — `torch.cuda.max_memory_allocated/reserved` (reset per region) and NVML device-used when present.
 
-Activation laws are fitted on `activation_bytes` — the step's peak without gradients and optimizer
-state: on numpy the executor's ledger during the real run (its total matches tracemalloc, see the
-prediction table), on torch measured peak − gradients − optimizer state. The totals are fitted too:
-gradients grow as depth·width² whatever the strategy, so a total cannot be flat in depth.
+The prediction is `ckpt.predict_memory` (the schedule executed on shapes, for the numpy MLP of the same
+sizes) plus the optimizer's state (0, 1 or 2 copies of the parameters for sgd, momentum, adam). On torch
+its tapes are exact (one kept activation per Linear+ReLU stage) but its transients are numpy's (a bool
+mask per ReLU, numpy's δ temporaries), so a torch row differs from it by a depth-independent amount of a
+few activations: small against deep chains, up to ~10% at depth ≤ 16.
+
+Activation laws are fitted on `activation_bytes`: the *measured* peak less the optimizer state and the
+gradients present at the peak (their bytes are exact; when they existed comes from the executor's
+ledger or the allocator's gradient marks — the `activation_source` column of `results.csv`). The totals
+are fitted too: gradients grow as depth·width² whatever the strategy, so a total cannot be flat in depth.
+A depth law needs ≥ 3 depths spanning ≥ 8× and a linear law ≥ 3 values; a target the grid cannot decide
+reads "n/a".
 """
+
+FIT_HEADERS = {"slope": "slope (log-log)", "r2": "R²", "from": "from depth", "to": "to depth"}
+
+
+def _section(title: str, body: str) -> list[str]:
+    return [f"## {title}\n", body]
+
+
+def _fits_section(prepared: pd.DataFrame) -> list[str]:
+    slopes = A.loglog_slopes(prepared)
+    totals = A.loglog_slopes(prepared, "peak_bytes")
+    fit_cols = ["backend", "width", "batch", "line", "optimizer", "from", "to", "slope", "r2", "n"]
+    parts = ["## Fitted laws\n",
+             "### Log-log slope of activation memory in depth (numpy: counted by the ledger; torch: measured)\n",
+             md_table(slopes[fit_cols], {"slope": ".3f", "r2": ".4f"}, FIT_HEADERS) if len(slopes)
+             else f"_{A.UNDECIDED_DEPTHS}: this grid has no such depth sweep._\n",
+             "### Log-log slope of the whole step's measured peak in depth (gradients included)\n",
+             md_table(totals[fit_cols], {"slope": ".3f", "r2": ".4f"}, FIT_HEADERS) if len(totals)
+             else f"_{A.UNDECIDED_DEPTHS}._\n"]
+    lin = A.linear_fits(prepared)
+    if len(lin):
+        parts += ["### Linear fits of the step's measured peak: peak = a + b·axis\n",
+                  md_table(lin[["backend", "width", "axis", "depth", "batch", "line", "optimizer", "from", "to", "a",
+                                "b", "r2"]], {"a": "mib", "b": "mib", "r2": ".4f"},
+                           {"a": "a (MiB)", "b": "b (MiB per unit of axis)", "r2": "R²"})]
+    for quantity, title in (("activation_bytes", "activation (numpy: counted; torch: measured)"),
+                            ("peak_bytes", "measured whole-step peak (gradients grow with depth alone)")):
+        prod = A.product_fits(prepared, quantity)
+        if len(prod):
+            parts += [f"### {title} = a + b·(depth·batch), every depth and batch measured\n",
+                      md_table(prod[["backend", "width", "line", "optimizer", "a", "b", "r2", "n"]],
+                               {"a": "mib", "b": ".1f", "r2": ".4f"},
+                               {"a": "a (MiB)", "b": "b (bytes per depth·batch)", "r2": "R²"})]
+    return parts
+
+
+def _tradeoff_section(prepared: pd.DataFrame) -> list[str]:
+    trade = A.tradeoff(prepared)
+    trade = trade[trade["strategy"] != "store_all"]
+    if trade.empty:
+        return ["## Time vs memory\n", "_n/a: needs store_all and another strategy at the same configuration._\n"]
+    trade = trade.assign(time=time_with_spread(trade))
+    cols = ["backend", "width", "depth", "batch", "optimizer", "strategy", "time", "time_overhead", "peak_bytes",
+            "peak_change", "activation_change"]
+    return ["## Time vs memory\n",
+            "Relative to store_all at the same configuration: time per step (median [min–max] over timed steps); "
+            "memory measured, changes signed (a saving is negative).\n\n",
+            md_table(trade[cols], {"time_overhead": "pct", "peak_change": "pct", "activation_change": "pct",
+                                   "peak_bytes": "mib"},
+                     {"time": "time (s) median [min–max]", "time_overhead": "time vs store_all (%)",
+                      "peak_bytes": "peak (MiB, measured)", "peak_change": "peak vs store_all (%)",
+                      "activation_change": "activation vs store_all (%)"})]
+
+
+def _errors_section(prepared: pd.DataFrame) -> list[str]:
+    if prepared.empty:
+        return []
+    errs = A.prediction_errors(prepared)
+    worst = errs.reindex(errs["pred_error"].abs().sort_values(ascending=False).index).head(10)
+    headers = {"peak_source": "measured by", "peak_bytes": "peak (MiB, measured)",
+               "predicted_peak_bytes": "peak (MiB, predicted)", "pred_error": "measured vs predicted (%)",
+               "median_abs_error": "median |error|", "max_abs_error": "worst |error|"}
+    return ["## Predicted vs measured\n",
+            md_table(A.error_summary(prepared), {"median_abs_error": ".2%", "max_abs_error": ".2%"}, headers),
+            "\nWorst rows:\n\n", md_table(worst.drop(columns=["device", "dtype"]), {"peak_bytes": "mib",
+                                             "predicted_peak_bytes": "mib", "pred_error": "pct"}, headers)]
 
 
 def render(df: pd.DataFrame, env: dict | None = None, plots: dict | None = None, name: str = "sweep",
            command: str | None = None) -> str:
-    """The report's markdown, from a raw results frame (any statuses) and its environment."""
+    """The report's markdown, from a raw results frame (any statuses, any grid) and its environment."""
     prepared = A.prepare(df)
     failed = df[df["status"] != "ok"] if "status" in df else df.iloc[:0]
-    mib = {c: "mib" for c in ("param_bytes", "optimizer_bytes", "grads_at_peak", "saved_at_peak_bytes", "other_bytes",
-                             "peak_bytes", "predicted_peak_bytes", "predict_peak", "predict_peak_bytes")}
     parts = [f"# Memory of training vs prediction — `{name}`\n", environment_section(env or {})]
     if command:
         parts.append(f"Reproduce: `{command}`\n")
-    parts += [f"{len(df)} rows: {int((df['status'] == 'ok').sum()) if 'status' in df else len(df)} ok, "
-              f"{len(failed)} failed.\n", "## Summary\n", summary_section(prepared),
-              "## Targets\n", md_table(A.targets(prepared)),
+    parts += [f"{len(df)} rows: {len(df) - len(failed)} ok, {len(failed)} failed.\n", "## Summary\n",
+              summary_section(prepared), "## Targets\n",
+              "Each claim on the rows it is about, with the meter that measured them; "
+              "\"n/a\" where this grid cannot decide it.\n\n",
+              md_table(A.targets(prepared)),
               "## Where the bytes go: training peak decomposed\n", SECTIONS_NOTE,
-              md_table(_decomposition_rows(prepared), {**mib, "pred_error": "pct"},
-                       {"param_bytes": "params (resident)", "optimizer_bytes": "optimizer state",
-                        "grads_at_peak": "gradients", "saved_at_peak_bytes": "saved activations",
-                        "other_bytes": "rest", "peak_bytes": "measured peak", "predicted_peak_bytes": "predicted",
-                        "pred_error": "error", "predict_peak": "predict peak"})]
+              md_table(_decomposition_rows(prepared), {c: "mib" for c in DECOMPOSITION_HEADERS if c not in
+                                                       ("peak_source", "pred_error")} | {"pred_error": "pct"},
+                       DECOMPOSITION_HEADERS)]
     ratio = A.train_predict_ratio(prepared)
-    parts += ["## Train / predict ratio\n",
-              md_table(ratio.drop(columns=["device", "width", "dtype"]),
-                       {**mib, "ratio": "ratio", "ratio_with_params": "ratio"})]
-    slopes = A.loglog_slopes(prepared)
-    totals = A.loglog_slopes(prepared, "peak_bytes")
-    fit_cols = ["backend", "batch", "line", "optimizer", "from", "to", "slope", "r2", "n"]
-    parts += ["## Fitted laws\n", "### Log-log slope of activation memory in depth\n",
-              md_table(slopes[fit_cols] if len(slopes) else slopes, {"slope": ".3f", "r2": ".4f"}),
-              "### Log-log slope of the whole step's peak in depth (gradients included)\n",
-              md_table(totals[fit_cols] if len(totals) else totals, {"slope": ".3f", "r2": ".4f"})]
-    lin = A.linear_fits(prepared)
-    if len(lin):
-        lin = lin.assign(a=lin["a"], b=lin["b"])
-        parts += ["### Linear fits of the step's peak: peak = a + b·axis\n",
-                  md_table(lin[["backend", "axis", "depth", "batch", "line", "optimizer", "from", "to", "a", "b", "r2"]]
-                           if "depth" in lin else lin, {"a": "mib", "b": "mib", "r2": ".4f"},
-                           {"a": "a (MiB)", "b": "b (MiB per unit)"})]
-    for quantity, title in (("activation_bytes", "activation"), ("peak_bytes", "whole-step peak (gradients grow with depth alone)")):
-        prod = A.product_fits(prepared, quantity)
-        if len(prod):
-            parts += [f"### {title} = a + b·(depth·batch), every depth and batch measured\n",
-                      md_table(prod[["backend", "line", "optimizer", "a", "b", "r2", "n"]],
-                               {"a": "mib", "b": ".1f", "r2": ".4f"}, {"a": "a (MiB)", "b": "b (bytes per depth·batch)"})]
-    errs = A.prediction_errors(prepared)
-    worst = errs.reindex(errs["pred_error"].abs().sort_values(ascending=False).index).head(10)
-    parts += ["## Predicted vs measured\n", md_table(A.error_summary(prepared),
-                                                     {"median_abs_error": ".2%", "max_abs_error": ".2%"}),
-              "\nWorst rows:\n\n", md_table(worst.drop(columns=["device", "dtype"]), {**mib, "pred_error": "pct"})]
-    trade = A.tradeoff(prepared)
-    trade = trade[trade["strategy"] != "store_all"]
-    parts += ["## Time vs memory\n", "Relative to store_all at the same configuration (fastest timed step).\n\n",
-              md_table(trade.drop(columns=["device", "width", "dtype"]),
-                       {"time_s": ".4f", "time_overhead": "pct", "peak_saved": "pct", "activation_saved": "pct",
-                        "peak_bytes": "mib"})]
+    parts += ["## Train / predict ratio (measured)\n",
+              md_table(ratio.drop(columns=["device", "dtype"]),
+                       {"peak_bytes": "mib", "predict_peak_bytes": "mib", "ratio": "ratio", "ratio_with_params": "ratio"},
+                       {"peak_bytes": "train peak (MiB)", "predict_peak_bytes": "predict peak (MiB)",
+                        "ratio": "train / predict", "ratio_with_params": "with parameters"})]
+    parts += _fits_section(prepared) + _errors_section(prepared) + _tradeoff_section(prepared)
     if plots:
         parts.append("## Plots\n")
         parts += [f"### {title}\n\n![{title}]({Path(p).name})\n" for title, p in plots.items()]

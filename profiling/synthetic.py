@@ -7,6 +7,7 @@ import pandas as pd
 
 # activation bytes per unit: store_all ∝ depth, sqrt_n ∝ √depth, recompute and predict flat
 LAWS = {"store_all": 1.0, "sqrt_n": 0.5, "recompute": 0.0}
+METERS = {"numpy": "tracemalloc_peak", "torch": "torch_cpu_peak"}
 
 
 def synthetic_frame(depths=(4, 8, 16, 32, 64), batches=(64, 128, 256), width: int = 32, unit: int = 4096,
@@ -33,12 +34,13 @@ def _row(backend, depth, width, batch, strategy, mode, optimizer, act, peak, par
     return {"backend": backend, "device": "cpu", "depth": depth, "width": width, "batch": batch,
             "dtype": "float32", "strategy": strategy, "mode": mode, "optimizer": optimizer, "repeat": 0,
             "key": f"{backend}|{depth}|{batch}|{strategy}|{mode}", "status": "ok", "error": "",
-            "impl": "ckpt-numpy", "peak_meter": "tracemalloc_peak", "peak_bytes": float(peak),
-            "tracemalloc_peak": float(peak), "param_bytes": params, "grad_bytes": params if train else 0,
+            "impl": "ckpt-numpy" if backend == "numpy" else "ckpt-torch", "peak_meter": METERS[backend],
+            "peak_bytes": float(peak), METERS[backend]: float(peak), "param_bytes": params, "grad_bytes": params if train else 0,
             "optimizer_bytes": 0, "grad_at_peak_bytes": (peak - act) if train else 0,
             "saved_at_peak_bytes": 0.8 * act if train else 0, "engine_peak_bytes": float(peak),
             "engine_activation_bytes": float(act), "predicted_peak_bytes": float(peak) * 1.01,
-            "predicted_activation_bytes": float(act), "time_s": time_s, "time_min_s": time_s,
+            "predicted_activation_bytes": float(act), "time_s": time_s, "time_min_s": 0.9 * time_s,
+            "time_max_s": 1.2 * time_s,
             "wall_s": 0.1, "timed_steps": 1}
 
 
@@ -56,3 +58,26 @@ def noisy(df: pd.DataFrame, rel: float = 0.01, seed: int = 0) -> pd.DataFrame:
     for c in ("peak_bytes", "engine_activation_bytes"):
         df[c] = df[c] * (1 + rng.uniform(-rel, rel, len(df)))
     return df
+
+
+def grid_frame(backends=("numpy",), depths=(8,), batches=(64,), widths=(32,),
+               strategies=("store_all",), modes=("train",), optimizers=("sgd",), unit: int = 4096) -> pd.DataFrame:
+    """Every combination of the given values (a full grid, as a sweep expands it), following LAWS exactly."""
+    rows = []
+    for backend in backends:
+        for depth in depths:
+            for batch in batches:
+                for width in widths:
+                    params = 4 * (width * width + width) * depth
+                    scale = unit * batch / 64 * width / 32
+                    for mode in modes:
+                        if mode == "predict":
+                            rows.append(_row(backend, depth, width, batch, "none", "predict", "none", scale, scale,
+                                             params, time_s=5e-4))
+                            continue
+                        for strategy in strategies:
+                            for optimizer in optimizers:
+                                act = scale * depth ** LAWS.get(strategy, 0.5)
+                                rows.append(_row(backend, depth, width, batch, strategy, "train", optimizer, act,
+                                                 act + params, params, time_s=1e-3 * depth))
+    return pd.DataFrame(rows)

@@ -26,6 +26,7 @@ import numpy as np
 
 from .config import (BACKENDS, DEVICES, DTYPES, MODES, OPTIMIZERS, Config,  # noqa: F401  (re-exported)
                      known_strategies, validate)
+from .meters import mark_gradients
 
 STATE_SLOTS = {"none": 0, "sgd": 0, "momentum": 1, "adam": 2}   # state arrays per parameter
 
@@ -231,6 +232,7 @@ class TorchWorkload:
         if self.impl == "ckpt-torch":
             seq = checkpointed_sequential()(seq, strategy=c.strategy, track_memory=True, **c.strategy_options)
         self.model = seq
+        self._marks = mark_gradients(self.plain.parameters()) if c.mode == "train" else []
         self.x = torch.randn(c.batch, c.width, device=self.device, dtype=dtype)
         self.y = torch.randn(c.batch, c.width, device=self.device, dtype=dtype)
         self.optimizer_bytes, self.saved_bytes = 0, None

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from profiling.meters import (CudaMeter, Meters, NvmlMeter, RSSMeter, TracemallocMeter, meters_for,
+from profiling.meters import (CudaMeter, Meters, NvmlMeter, RSSMeter, TorchCPUMeter, TracemallocMeter, meters_for,
                               primary_figure, read_status_bytes)
 
 MIB = 2 ** 20
@@ -88,7 +88,8 @@ def test_meters_merge_figures():
 
 def test_meter_choice_and_primary_figure():
     assert [type(m) for m in meters_for("numpy", "cpu")] == [TracemallocMeter]
-    assert [type(m) for m in meters_for("torch", "cpu")] == [RSSMeter]
+    assert [type(m) for m in meters_for("torch", "cpu")] == [TorchCPUMeter, RSSMeter]
+    assert primary_figure("torch", "cpu", {"torch_cpu_peak": 3, "rss_peak": 1, "rss_max": 2}) == "torch_cpu_peak"
     assert primary_figure("torch", "cpu", {"rss_peak": 1}) == "rss_peak"
     assert primary_figure("torch", "cpu", {"rss_peak": 1, "rss_hwm": 2, "rss_max": 2}) == "rss_max"
     assert primary_figure("torch", "cuda", {}) == "cuda_allocated"
@@ -123,3 +124,120 @@ def test_cuda_meter_without_a_gpu_says_so():
     with pytest.raises(RuntimeError, match="needs a CUDA device"):
         with CudaMeter():
             pass
+
+
+# ----------------------------------------------------------------- torch's CPU allocator, no ckpt involved
+
+def _plain_chain(depth, width, batch):
+    """A plain torch Linear+ReLU chain (torch's default init), inputs and targets: nothing from ckpt."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(depth):
+        layers += [torch.nn.Linear(width, width), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers), torch.randn(batch, width), torch.randn(batch, width)
+
+
+def _train_step(model, x, y):
+    import torch
+    torch.nn.functional.mse_loss(model(x), y).backward()
+
+
+def test_torch_cpu_meter_reads_the_saved_activations_of_a_plain_forward():
+    # Linear saves its input, ReLU its output (the same tensor as the next Linear's input),
+    # the pre-activation z_i dies once ReLU has read it: after the forward, autograd holds
+    # exactly one activation per stage (A bytes, the last one is the output); the peak is
+    # the last stage with z_n still alive.
+    depth, width, batch = 6, 64, 32
+    model, x, y = _plain_chain(depth, width, batch)
+    activation = batch * width * 4
+    _train_step(model, x, y)                                 # warm: lazy init outside the region
+    with TorchCPUMeter() as m:
+        out = model(x)
+    assert m.figures["torch_cpu_held"] == depth * activation
+    assert m.figures["torch_cpu_peak"] == (depth + 1) * activation
+    del out
+
+
+def test_torch_cpu_meter_training_peak_grows_by_one_activation_per_stage():
+    width, batch = 32, 256                   # activations ≫ gradients: the peak is at the backward's start
+    activation, stage_params = batch * width * 4, (width * width + width) * 4
+    peaks = {}
+    for depth in (4, 8):
+        model, x, y = _plain_chain(depth, width, batch)
+        _train_step(model, x, y)
+        for p in model.parameters():
+            p.grad = None
+        with TorchCPUMeter() as m:
+            _train_step(model, x, y)
+        peaks[depth] = m.figures["torch_cpu_peak"]
+        assert m.figures["torch_cpu_held"] == depth * stage_params      # only the gradients remain
+    assert peaks[8] - peaks[4] == 4 * activation                       # store_all: saved activations ∝ depth
+
+
+def test_torch_cpu_meter_ignores_numpy_and_what_existed_before():
+    torch = pytest.importorskip("torch")
+    before = torch.ones(MIB // 4)
+    with TorchCPUMeter() as m:
+        a = np.ones(MIB // 8)
+        t = torch.ones(MIB // 4)
+        del t
+    assert m.figures == {"torch_cpu_peak": MIB, "torch_cpu_held": 0}
+    del before, a
+
+
+RSS_CHECK = """
+import json, time, torch
+from profiling.meters import Meters, RSSMeter, TorchCPUMeter
+torch.set_num_threads(1)
+torch.manual_seed(0)
+layers = []
+for _ in range(16):
+    layers += [torch.nn.Linear(1024, 1024), torch.nn.ReLU()]
+model, x, y = torch.nn.Sequential(*layers), torch.randn(1024, 1024), torch.randn(1024, 1024)
+torch.nn.functional.mse_loss(model(x), y).backward()
+for p in model.parameters():
+    p.grad = None
+with Meters([TorchCPUMeter(), RSSMeter()]) as m:
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    time.sleep(0.2)
+print(json.dumps(m.figures))
+"""
+
+
+@pytest.mark.skipif(read_status_bytes("VmHWM") is None, reason="needs Linux /proc")
+def test_torch_cpu_meter_agrees_with_rss_on_a_large_peak():
+    # 16 stages × 4 MiB saved activations + 64 MiB of gradients: an ~130 MiB peak, in a fresh
+    # process with glibc's mmap threshold fixed (as the runner runs every configuration)
+    pytest.importorskip("torch")
+    import json
+    import subprocess
+    import sys
+    from profiling.runner import child_env
+    out = subprocess.run([sys.executable, "-c", RSS_CHECK], capture_output=True, text=True, env=child_env(),
+                         check=True).stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert figures["torch_cpu_peak"] >= 64 * MIB
+    assert figures["rss_max"] == pytest.approx(figures["torch_cpu_peak"], rel=0.05)
+
+
+def test_gradient_marks_say_which_gradients_the_peak_holds():
+    # width ≫ batch: gradients dominate, and the peak is reached while stage 1's weight gradient
+    # is computed, with the 7 later stages' gradients already stored by autograd
+    from profiling.meters import mark_gradients
+    depth, width = 8, 256
+    model, x, y = _plain_chain(depth, width, batch=4)
+    handles = mark_gradients(model.parameters())
+    _train_step(model, x, y)
+    for p in model.parameters():
+        p.grad = None
+    with TorchCPUMeter() as m:
+        _train_step(model, x, y)
+    stage_params = (width * width + width) * 4
+    assert m.figures["torch_cpu_grad_at_peak"] == (depth - 1) * stage_params
+    assert m.figures["torch_cpu_activation_peak"] == max(t.held - t.gradients for t in m.timeline)
+    assert m.figures["torch_cpu_activation_peak"] < m.figures["torch_cpu_peak"] - (depth - 2) * stage_params
+    assert m.figures["torch_cpu_held"] == depth * stage_params
+    assert m.figures["torch_cpu_peak"] > depth * stage_params
+    for h in handles:
+        h.remove()
