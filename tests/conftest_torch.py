@@ -9,11 +9,21 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
+import pytest
 import torch
 from torch import nn
 
 STRATEGIES = ("store_all", "recompute", "sqrt_n")
 NO_GRAD_WARNING = "None of the inputs have requires_grad"
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for the module (tiny tensors: on shared cores more threads only spin)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def forward_steps(handle) -> int:
@@ -96,11 +106,11 @@ def assert_same_step(got: Step, ref: Step):
 
 
 def hook_state(model: nn.Module) -> list:
-    """Per module: its type, instance-level ``forward`` and every hook dict, to check that nothing is left."""
+    """Per module: its type, attribute names, instance-level ``forward`` and every hook dict (nothing may be left)."""
     hook_dicts = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
                   "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
                   "_backward_pre_hooks")
-    return [(name, type(m), m.__dict__.get("forward"), m.__dict__.get("__call__"),
+    return [(name, type(m), sorted(m.__dict__), m.__dict__.get("forward"), m.__dict__.get("__call__"),
              *(dict(getattr(m, d, {})) for d in hook_dicts))
             for name, m in model.named_modules()]
 

@@ -29,8 +29,10 @@ from torch import nn  # noqa: E402
 
 import ckpt  # noqa: E402
 
-from .conftest_torch import STRATEGIES, forward_steps  # noqa: E402
+from .conftest_torch import STRATEGIES, forward_steps, single_thread  # noqa: E402, F401
 from .torch_models import mlp_stages  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 WIDTH, BATCH, DEPTH, STEPS, LR = 8, 8, 6, 2, 0.1
 CASES = ("plain", *(f"sequential-{s}" for s in STRATEGIES), *(f"modules-{s}" for s in STRATEGIES),

@@ -18,9 +18,11 @@ torch = pytest.importorskip("torch")
 import ckpt  # noqa: E402
 
 from .conftest_torch import (STRATEGIES, Counted, assert_equal_out, assert_same_step, forward_steps,  # noqa: E402
-                             global_hook_state, hook_state, train_step)
+                             global_hook_state, hook_state, single_thread, train_step)  # noqa: F401
 from .torch_models import (image_batch, mobilenet_stages, mobilenet_v2, resnet18, resnet_blocks,  # noqa: E402
                            resnet_stages)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 MODELS = {"resnet18": (resnet18, resnet_stages, resnet_blocks),
           "mobilenet_v2": (mobilenet_v2, mobilenet_stages, lambda m: m.features)}

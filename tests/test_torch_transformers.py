@@ -18,7 +18,9 @@ transformers = pytest.importorskip("transformers")
 import ckpt  # noqa: E402
 
 from .conftest_torch import (STRATEGIES, Counted, assert_equal_out, assert_same_step, forward_steps,  # noqa: E402
-                             global_hook_state, hook_state, train_step)
+                             global_hook_state, hook_state, single_thread, train_step)  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 LAYERS, WIDTH, SEQ = 4, 16, 8
 DROPOUTS = {"no_dropout": 0.0, "dropout": 0.1}
