@@ -155,3 +155,24 @@ def test_gpt2_closures_in_checkpoint_sequential(segments):
     got = train_step(lambda x: ckpt.checkpoint_sequential(stages, segments, x), model, e)
     assert_same_step(got, train_step(gpt2_forward(plain, mask), plain, e))
     assert calls[0] == ckpt.every_segment(len(stages), segments).forward_steps
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_gpt2_called_with_its_default_cache(strategy):
+    """Training code often leaves ``use_cache`` at the config's default (True): the blocks then append
+    to a cache. A recomputation must not append again; gradients equal plain's, or a clear ckpt error
+    that names the cache (never a shape error from deep inside attention, never a wrong number)."""
+    model = gpt2(0.0)
+    plain, mask, e = copy.deepcopy(model), padded_mask(), embeddings()
+
+    def forward(m):
+        return lambda x: m(inputs_embeds=x, attention_mask=mask).last_hidden_state
+    ref = train_step(forward(plain), plain, e)
+    with ckpt.checkpoint_modules(model.h, strategy=strategy):
+        try:
+            got = train_step(forward(model), model, e)
+        except Exception as error:  # noqa: BLE001 (the message is the specification)
+            message = str(error).lower()
+            assert "ckpt" in message and "cache" in message, f"unclear error: {type(error).__name__}: {error}"
+            return
+    assert_same_step(got, ref)
