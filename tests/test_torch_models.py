@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 import ckpt  # noqa: E402
 
 from .conftest_torch import (STRATEGIES, Counted, assert_equal_out, assert_same_step, forward_steps,  # noqa: E402
-                             global_hook_state, hook_state, single_thread, train_step)  # noqa: F401
+                             global_hook_state, hook_state, single_thread, train_step, weighted_loss)  # noqa: F401
 from .torch_models import (image_batch, mobilenet_stages, mobilenet_v2, resnet18, resnet_blocks,  # noqa: E402
                            resnet_stages)
 
@@ -117,6 +117,38 @@ def test_two_sgd_steps_track_plain_training(strategy):
                 opt.step()
     for (n, p), p0 in zip(model.named_parameters(), plain.parameters()):
         assert torch.equal(p, p0), n
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_two_forwards_before_one_backward(strategy):
+    """A siamese-style loss calls the checkpointed model twice, then backwards once."""
+    model, plain, _, blocks = build("mobilenet_v2")
+    x = image_batch(batch=4)
+
+    def forward(m):
+        return lambda t: m(t[:2]) * m(t[2:])
+    with ckpt.checkpoint_modules(blocks, strategy=strategy):
+        assert_same_step(train_step(forward(model), model, x), train_step(forward(plain), plain, x))
+
+
+def accumulated(model, xs) -> dict:
+    """Parameter gradients and buffers after one backward per micro-batch, without zeroing in between."""
+    for p in model.parameters():
+        p.grad = None
+    for x in xs:
+        weighted_loss(model(x)).backward()
+    return {**{n: p.grad for n, p in model.named_parameters()}, **dict(model.named_buffers())}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_gradient_accumulation_over_micro_batches(strategy):
+    """Gradients accumulate over micro-batches as plain's do; BatchNorm statistics once per micro-batch."""
+    model, plain, _, blocks = build("resnet18")
+    xs = [image_batch(seed=20), image_batch(seed=21)]
+    with ckpt.checkpoint_modules(blocks, strategy=strategy):
+        got = accumulated(model, xs)
+    ref = accumulated(plain, xs)
+    assert [n for n, t in got.items() if not torch.equal(t, ref[n])] == []
 
 
 def seeded(forward, x, seed=5):
