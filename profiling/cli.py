@@ -8,6 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from . import plan, timeline
 from .config import (GRID_FIELDS, RUN_OPTIONS, SCHEMA, Config, check_run_option, known_strategies,
                      load_plugins, validate)
 
@@ -124,8 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ckpt-profile``."""
     parser = argparse.ArgumentParser(prog="ckpt-profile", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="{sweep,report,presets,one}")
+    sub = parser.add_subparsers(dest="command", metavar="{sweep,report,presets,one,plan,timeline}")
     _sweep_parser(sub)
+    plan.add_parser(sub)
+    timeline.add_parser(sub)
     r = sub.add_parser("report", help="(re)write report.md, results.csv and plots of a sweep folder")
     r.add_argument("folder", help="a folder holding results.jsonl")
     r.add_argument("--name", help="title of the report (default: the folder's name)")
@@ -249,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from .report import write_report
-    commands = {"sweep": cmd_sweep, "one": cmd_one, "presets": cmd_presets,
+    commands = {"sweep": cmd_sweep, "one": cmd_one, "presets": cmd_presets, "plan": plan.run, "timeline": timeline.run,
                 "report": lambda a: print(f"report: {write_report(a.folder, a.name)}") or 0}
     try:
         return commands[args.command](args)

@@ -75,6 +75,19 @@ def _unpack(holder: Holder):
     return holder.value if outer is None else outer[1](holder.value)
 
 
+_CACHE_ARGUMENTS = ("past_key_value", "past_key_values", "layer_past")
+
+
+def _refuse_cache(k: int, kwargs: dict) -> None:
+    """A re-run block would append to a key/value cache a second time: refuse before any wrong number."""
+    cached = [name for name in _CACHE_ARGUMENTS if kwargs.get(name) is not None]
+    if kwargs.get("use_cache") is True or cached:
+        raise CheckpointError(f"ckpt.torch: block {k} was called with a key/value cache "
+                              f"({', '.join(cached) or 'use_cache=True'}); recomputing it would append to the "
+                              f"cache again. Call the model with use_cache=False while training with "
+                              f"checkpointing (as Hugging Face does), or use strategy='store_all'")
+
+
 # ------------------------------------------------------------------ plan
 
 @dataclass(frozen=True)
@@ -262,6 +275,7 @@ class Step:
             self._open_stage(p, leaves)
         clones = None
         if p in plan.recomputed:
+            _refuse_cache(k, kwargs)
             call = self._record(k, fn, leaves, spec)
             call.norms = self.runner.norms_of(fn if module is None else module)
             if opens and (k in self.runner.inplace or not self.runner.confirmed):
