@@ -242,8 +242,7 @@ def _torch_profile(cls, stages, x, repeats: int, warmup: int) -> Profile:
     CPU there is no allocator to ask, so they are 0 (say so: ``source``).
     """
     import torch
-    from .inspect_torch import _stages, saved_bytes
-    from .backends.torch_backend import items
+    from .torch.inspect import _stages, saved_bytes
     modules = [m for _, m in _stages(stages)]
     tapes = saved_bytes(stages, x)
     cuda = any(t.is_cuda for t in items(x) if isinstance(t, torch.Tensor))
@@ -272,16 +271,16 @@ def _torch_profile(cls, stages, x, repeats: int, warmup: int) -> Profile:
 def _leaf(v):
     """``v`` detached, floating tensors requiring grad (as a stage's input during training)."""
     import torch
-    from .backends.torch_backend import items, kind, rebuild
-    return rebuild(kind(v), [t.detach().requires_grad_(t.is_floating_point()) if isinstance(t, torch.Tensor)
-                             else t for t in items(v)])
+    from torch.utils._pytree import tree_map
+    return tree_map(lambda t: t.detach().requires_grad_(t.is_floating_point()) if isinstance(t, torch.Tensor)
+                    else t, v)
 
 
 def _tape_shares(module, inp) -> tuple[bool, bool, object]:
     """Whether the stage's saved tensors include its input's / its output's storage; and its output."""
     import torch
     from torch.autograd.graph import saved_tensors_hooks
-    from .backends.torch_backend import items, storage_key
+    from .torch.hooks import storage_key
     saved = set()
 
     def pack(t):
@@ -297,7 +296,6 @@ def _tape_shares(module, inp) -> tuple[bool, bool, object]:
 def _stage_step(module, inp, sync=lambda: None):
     """One taped forward and backward of ``module`` (ones as the output gradient): (output, backward seconds)."""
     import torch
-    from .backends.torch_backend import items
     with torch.enable_grad():
         out = module(inp)
     outs = [t for t in items(out) if isinstance(t, torch.Tensor) and t.requires_grad]
@@ -313,7 +311,6 @@ def _stage_step(module, inp, sync=lambda: None):
 def _cuda_transients(module, inp) -> tuple[int, int]:
     """Peak CUDA bytes a taped forward / a backward allocate above what was live before it."""
     import torch
-    from .backends.torch_backend import items
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
@@ -328,3 +325,9 @@ def _cuda_transients(module, inp) -> tuple[int, int]:
         torch.autograd.backward(outs, grads)
     b_peak = torch.cuda.max_memory_allocated() - live
     return f_peak, b_peak
+
+
+def items(v) -> list:
+    """The leaves of an activation (a tensor, or any pytree of them)."""
+    from torch.utils._pytree import tree_flatten
+    return tree_flatten(v)[0]
