@@ -54,6 +54,8 @@ import tracemalloc
 from dataclasses import dataclass
 from multiprocessing import Pipe
 
+from ckpt.memcheck import read_status_bytes  # noqa: F401  (one reader of /proc; re-exported)
+
 MIB = 2 ** 20
 
 
@@ -162,18 +164,6 @@ def allocator_timeline(prof) -> list[AllocatorStep]:
             gradients += int(e.name()[len(GRADIENT_MARK):])
         out.append(AllocatorStep(e.start_ns() - t0, held, gradients))
     return out
-
-
-def read_status_bytes(field: str, path: str = "/proc/self/status") -> int | None:
-    """A ``kB`` field of /proc/self/status (``VmRSS``, ``VmHWM``) in bytes; None off Linux."""
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def release_free_heap() -> bool:
