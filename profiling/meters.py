@@ -54,7 +54,7 @@ import tracemalloc
 from dataclasses import dataclass
 from multiprocessing import Pipe
 
-from ckpt.memcheck import read_status_bytes  # noqa: F401  (one reader of /proc; re-exported)
+from ckpt.memcheck import read_status_bytes
 
 MIB = 2 ** 20
 

@@ -105,9 +105,10 @@ class CheckpointedSequential(nn.Sequential):
     def forward(self, *inputs):
         """x_n for input(s) x_0 (several inputs arrive at stage 1 as one tuple)."""
         x = inputs[0] if len(inputs) == 1 else inputs
-        if len(self._runner.blocks) != len(self._modules):
-            self._runner.reset(list(self._modules.values()))
-        return _run_chain(self._runner, list(self._modules.values()), x)
+        stages = list(self._modules.values())
+        if len(self._runner.blocks) != len(stages):
+            self._runner.reset(stages)
+        return _run_chain(self._runner, stages, x)
 
     def extra_repr(self) -> str:
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
