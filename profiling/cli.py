@@ -108,6 +108,9 @@ def _sweep_parser(sub) -> None:
     ex.add_argument("--executor", choices=("local", "ray"), default="local", help="local (default) or ray")
     ex.add_argument("--jobs", type=_run_type("repeats"), default=1,
                     help="local executor: configurations at once (default 1; more share the cores' time)")
+    ex.add_argument("--launch", choices=("fork", "exec"), default="fork",
+                    help="local executor: fork each configuration's fresh process from a zygote that imported "
+                         "numpy/ckpt/torch once (default), or exec each afresh (slower: the imports repeat)")
     ex.add_argument("--address", help="ray executor: an existing cluster ('auto', 'ray://host:10001'); "
                                       "default: start a local Ray instance")
     out = p.add_argument_group("output")
@@ -199,7 +202,7 @@ def cmd_sweep(args) -> int:
             print(c.key)
         print(f"{len(configs)} configurations ({len(skipped)} skipped: no installed implementation)")
         return 0
-    executor = make_executor(args.executor, args.jobs, args.address)
+    executor = make_executor(args.executor, args.jobs, args.address, args.launch)
     out = Path(args.out or f"reports/{args.preset or 'sweep'}")
     run_sweep(grids, out, resume=args.resume, fresh=args.fresh, retry_failed=args.retry_failed,
               progress=not args.no_progress, repeats=repeats, executor=executor, extend=args.extend,

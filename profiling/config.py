@@ -227,7 +227,7 @@ class RunOption:
 
 RUN_OPTIONS = {
     "timeout": RunOption(float, 300.0, 0, True, "seconds before a configuration is killed and recorded as 'timeout'"),
-    "warmup": RunOption(int, 1, 0, False, "untimed steps before timing"),
+    "warmup": RunOption(int, 1, 0, False, "untimed full-size steps before timing (the metered step is the first)"),
     "iters": RunOption(int, 3, 1, False, "timed steps per configuration"),
     "budget_s": RunOption(float, 2.0, 0, True, "stop timing a configuration after this many seconds"),
     "threads": RunOption(int, 1, 1, False, "BLAS/OpenMP threads in each child (1: steadier timings on a shared machine)"),

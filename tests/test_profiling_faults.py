@@ -60,14 +60,16 @@ def test_kill_9_mid_sweep_then_resume_keeps_every_row_once_and_leaves_no_orphan(
     try:
         assert _wait_for(lambda: len(_lines(out)) == 2), "the first two rows never arrived"
         parent = psutil.Process(sweep.pid)
-        assert _wait_for(lambda: parent.children()), "the depth-5 child never started"
-        child = parent.children()[0]
+        # the zygote and the depth-5 child it forked (every row's process descends from the sweep)
+        assert _wait_for(lambda: len(parent.children(recursive=True)) >= 2), "the depth-5 child never started"
+        descendants = parent.children(recursive=True)
         os.kill(sweep.pid, signal.SIGKILL)
         sweep.wait()
-        assert _wait_for(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, 10), \
-            "the runner's child outlived the sweep"
+        gone = lambda p: not p.is_running() or p.status() == psutil.STATUS_ZOMBIE  # noqa: E731
+        assert _wait_for(lambda: all(gone(p) for p in descendants), 10), "a measuring process outlived the sweep"
     finally:
         sweep.kill()
+    assert {json.loads(line)["launch"] for line in _lines(out)} == {"fork"}
     env["SLOW_AT_5"] = "off"
     subprocess.run(cmd + ["--resume"], env=env, check=True, capture_output=True)
     keys = [json.loads(line)["key"] for line in _lines(out)]
@@ -120,10 +122,17 @@ def test_resume_with_a_different_grid_is_refused_unless_extended(tmp_path, monke
     assert len(record["keys"]) == 4 and len(record["grids"]) == 2
 
 
+@pytest.mark.parametrize("launch", ["exec", "fork"])
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
-def test_running_out_of_memory_is_an_oom_row(backend):
+def test_running_out_of_memory_is_an_oom_row(backend, launch):
+    from profiling.zygote import PRELOAD, TORCH_PRELOAD, Zygote
     big = Config(backend=backend, depth=4, width=1024, batch=4096)     # 16 MiB per activation
-    row = run_config(big, memory_limit_mb=24, iters=1)
-    assert row["status"] == "oom", row.get("error")
+    zygote = Zygote(preload=PRELOAD + (TORCH_PRELOAD if backend == "torch" else ())) if launch == "fork" else None
+    try:
+        row = run_config(big, memory_limit_mb=24, iters=1, zygote=zygote)
+    finally:
+        if zygote:
+            zygote.close()
+    assert row["status"] == "oom" and row["launch"] == launch, row.get("error")
     words = "MemoryError" if backend == "numpy" else "DefaultCPUAllocator"
     assert words in row["error"]
