@@ -211,11 +211,16 @@ def scan_rows(out: str | os.PathLike) -> tuple[list[dict], list[str]]:
     return rows, problems
 
 
+_REPORTED: set[str] = set()      # problems already printed by this process (a sweep reads its file 2–3 times)
+
+
 def read_rows(out: str | os.PathLike) -> list[dict]:
-    """Rows of ``<out>/results.jsonl``; every unparseable line is reported on stderr."""
+    """Rows of ``<out>/results.jsonl``; every unparseable line is reported on stderr, once per process."""
     rows, problems = scan_rows(out)
     for p in problems:
-        print(f"sweep: skipping line {p}", file=sys.stderr)
+        if p not in _REPORTED:
+            _REPORTED.add(p)
+            print(f"sweep: skipping line {p}", file=sys.stderr)
     return rows
 
 

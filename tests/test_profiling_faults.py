@@ -97,6 +97,15 @@ def test_every_unparseable_line_is_reported_with_its_number(tmp_path, capsys):
     assert f"{RESULTS}:2: not JSON" in err and f"{RESULTS}:3: not a result row" in err and f"{RESULTS}:4:" in err
 
 
+def test_a_resumed_sweep_reports_each_unparseable_line_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(profiling.runner, "run_config", FakeRunner())
+    run_sweep([GRID], tmp_path, progress=False)
+    with open(tmp_path / RESULTS, "a") as f:
+        f.write("garbage\n")
+    run_sweep([{**GRID, "depth": [2, 3, 4, 5]}], tmp_path, resume=True, extend=True, progress=False)
+    assert capsys.readouterr().err.count("not JSON") == 1        # the sweep reads its file twice (thrice with its report)
+
+
 def test_a_second_sweep_into_a_busy_folder_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(profiling.runner, "run_config", lambda *a, **k: pytest.fail("ran"))
     with folder_lock(tmp_path):
