@@ -168,8 +168,13 @@ class RayExecutor:
     def _start(self, ray) -> bool:
         if ray.is_initialized():
             return False
-        local = {} if self.address else {"include_dashboard": False, "log_to_driver": False}
+        import logging
+        local = {} if self.address else {"include_dashboard": False, "log_to_driver": False,
+                                         "logging_level": logging.ERROR}   # Ray's start-up notices, not ours
         ray.init(address=self.address, runtime_env=self._runtime_env(), **local)
+        if not self.address:
+            print(f"executors: started a local Ray instance ({ray.cluster_resources().get('CPU', 0):g} CPUs); "
+                  f"it stops when the sweep ends", file=sys.stderr)
         return True
 
     def run(self, configs: list[Config], options: dict) -> Iterator[dict]:
