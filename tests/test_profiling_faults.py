@@ -49,13 +49,19 @@ def _lines(out: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def test_kill_9_mid_sweep_then_resume_keeps_every_row_once_and_leaves_no_orphan(tmp_path):
+def _slow_sweep(tmp_path, depths: list[str]) -> tuple[list[str], dict, Path]:
+    """(command, environment, out) of a CLI sweep whose depth-5 configuration stalls for a minute."""
     (tmp_path / "slowplug.py").write_text(SLOW_PLUGIN)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "profiling", "sweep", "--plugin", "slowplug", "--strategy", "slow_at_5",
-           "--depth", "2", "3", "5", "--width", "16", "--batch", "8", "--iters", "1", "--out", str(out),
+           "--depth", *depths, "--width", "16", "--batch", "8", "--iters", "1", "--out", str(out),
            "--no-progress", "--no-report"]
+    return cmd, env, out
+
+
+def test_kill_9_mid_sweep_then_resume_keeps_every_row_once_and_leaves_no_orphan(tmp_path):
+    cmd, env, out = _slow_sweep(tmp_path, ["2", "3", "5"])
     sweep = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert _wait_for(lambda: len(_lines(out)) == 2), "the first two rows never arrived"
@@ -113,6 +119,19 @@ def test_a_second_sweep_into_a_busy_folder_is_refused(tmp_path, monkeypatch, cap
             run_sweep([GRID], tmp_path, progress=False)
         assert main(["sweep", "--depth", "2", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "another sweep" in capsys.readouterr().err
+
+
+def test_a_second_sweep_process_into_a_running_sweeps_folder_exits_2_and_writes_nothing(tmp_path):
+    cmd, env, out = _slow_sweep(tmp_path, ["2", "5"])
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for(lambda: len(_lines(out)) == 1), "the first sweep's first row never arrived"
+        second = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and f"another sweep (pid {first.pid}) is writing to" in second.stderr
+        assert len(_lines(out)) == 1                      # the second wrote nothing
+    finally:
+        first.kill()
+        first.wait()
 
 
 def test_resume_with_a_different_grid_is_refused_unless_extended(tmp_path, monkeypatch):
