@@ -55,7 +55,10 @@ class Zygote:
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       env=child_env(env, threads), preexec_fn=die_with_parent)
         self._buffer = b""
-        ready = self._reply(start_timeout)
+        try:
+            ready = self._reply(start_timeout)
+        except ZygoteError:                              # it exited: an import failed (its stderr says which)
+            ready = None
         if ready is None or ready.get("threads") != 1:
             self.close()
             why = "did not start" if ready is None else f"has {ready.get('threads')} threads after its imports"
@@ -72,7 +75,7 @@ class Zygote:
         self._send({"args": args, "stdout": out, "stderr": err})
         started = self._reply(10.0)
         if started is None:
-            raise ZygoteError("zygote: no child was forked (the zygote died)")
+            raise ZygoteError("zygote: no child was forked within 10 s")
         ended = self._reply(timeout)
         returncode = None if ended is None else ended["returncode"]
         if ended is None:                                # a timeout: kill the child, collect its exit
@@ -98,7 +101,7 @@ class Zygote:
             raise ZygoteError("zygote: the zygote is gone (its pipe is closed)") from None
 
     def _reply(self, timeout: float) -> dict | None:
-        """The next JSON line from the zygote, or None after ``timeout`` seconds or at its end."""
+        """The next JSON line from the zygote, or None after ``timeout`` seconds; raises when it has died."""
         deadline = time.monotonic() + timeout
         fd = self._proc.stdout.fileno()
         while b"\n" not in self._buffer:
@@ -107,7 +110,7 @@ class Zygote:
                 return None
             chunk = os.read(fd, 4096)
             if not chunk:
-                return None
+                raise ZygoteError(f"zygote: the zygote (pid {self._proc.pid}) died")
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
         return json.loads(line)

@@ -64,6 +64,19 @@ def test_a_forked_child_past_its_timeout_is_killed_and_recorded():
         z.close()
 
 
+def test_a_row_whose_zygote_dies_under_it_is_measured_afresh():
+    z = _zygote_for({"CKPT_PROFILE_FAULT": "hang"})
+    try:
+        hang = {"CKPT_PROFILE_FAULT": "hang"}
+        z._send({"args": [json.dumps(NUMPY_TRAIN.as_dict()), "{}"], "stdout": os.devnull, "stderr": os.devnull})
+        z._reply(10)
+        os.kill(z._proc.pid, 9)                           # the zygote dies; its hanging child with it
+        row = run_config(NUMPY_TRAIN, timeout=2, env=hang, zygote=z)
+        assert row["launch"] == "exec" and row["status"] == "timeout" and not z.serves(hang, 1)
+    finally:
+        z.close()
+
+
 def test_a_row_whose_environment_differs_from_the_zygotes_starts_afresh(zygote):
     row = run_config(NUMPY_PREDICT, iters=1, threads=2, zygote=zygote)
     assert row["launch"] == "exec" and row["status"] == "ok" and row["threads"] == 2
