@@ -214,10 +214,11 @@ def bench_workload(wname, device, rounds, warmup, slow_rounds, skip=()):
     fns, counting = methods(model, n)
     for name in skip:
         fns.pop(name, None)
-    slow = {"ours_recompute"} if n > 64 else set()
-    print(f"[{wname}] n={n}, timing {rounds} rounds ({slow_rounds} for {sorted(slow)})", file=sys.stderr, flush=True)
+    slow = ({"ours_recompute"} if n > 64 else set()) & set(fns)
+    after = f" ({slow_rounds} for {sorted(slow)}, after them)" if slow else ""
+    print(f"[{wname}] n={n}, timing {rounds} rounds{after}", file=sys.stderr, flush=True)
     times = time_rounds({FORWARD: None, **{k: v[0] for k, v in fns.items()}}, model, x, device,
-                        rounds, warmup, slow_rounds, slow & set(fns))
+                        rounds, warmup, slow_rounds, slow)
     t_fwd = times.pop(FORWARD)[0]
     saved = {"plain": plain_saved(model, x)}
     for name, (fn, steps) in fns.items():
