@@ -1,8 +1,10 @@
 """Runner: one configuration in its own fresh process, always returning a row.
 
-The parent (``run_config``) starts ``python -m profiling.runner '<config json>'`` with
-glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed (large blocks go straight to mmap and back to
-the system when freed, so RSS tracks what is live) and a timeout.  The child builds the
+The parent (``run_config``) starts ``python -m profiling.runner '<config json>'`` (or,
+given a ``profiling.zygote`` started for the same environment, forks the child from it: the
+same fresh process without repeating the imports) with glibc's ``MALLOC_MMAP_THRESHOLD_``
+fixed (large blocks go straight to mmap and back to the system when freed, so RSS tracks
+what is live) and a timeout.  The child builds the
 workload, measures **one** step under the meters (after a warm-up step that loads
 kernels: a 1-row step for numpy; a full step for torch, whose math library also sizes
 its workspace to the batch), then times ``iters`` more steps with no meter
