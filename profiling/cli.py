@@ -71,6 +71,17 @@ def _run_type(name: str):
     return parse
 
 
+def _jobs(text: str) -> int:
+    """``--jobs``: an integer ≥ 1."""
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text!r}") from None
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"jobs must be an integer ≥ 1, got {jobs}")
+    return jobs
+
+
 def _flag(name: str) -> str:
     return {"budget_s": "time-budget", "memory_limit_mb": "memory-limit-mb"}.get(name, name)
 
@@ -88,9 +99,9 @@ def _option(text: str) -> tuple[str, object]:
 
 def _sweep_parser(sub) -> None:
     p = sub.add_parser("sweep", help="run a grid of configurations and write the report", epilog=EPILOG,
-                       description="Run a grid of configurations, each in a fresh process, then write "
-                                   "<out>/report.md. The grid comes from --preset, --config (TOML/YAML/JSON) "
-                                   "or the grid flags; grid flags given with a preset or file override "
+                       description="Run a grid of configurations, each in a fresh process, then write\n"
+                                   "<out>/report.md. The grid comes from --preset, --config (TOML/YAML/JSON)\n"
+                                   "or the grid flags; grid flags given with a preset or file override\n"
                                    "that field in every one of its grids.",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("what to run")
@@ -106,8 +117,11 @@ def _sweep_parser(sub) -> None:
         run.add_argument(f"--{_flag(name)}", dest=name, type=_run_type(name), help=opt.help + default)
     ex = p.add_argument_group("where configurations run")
     ex.add_argument("--executor", choices=("local", "ray"), default="local", help="local (default) or ray")
-    ex.add_argument("--jobs", type=_run_type("repeats"), default=1,
+    ex.add_argument("--jobs", type=_jobs, default=1,
                     help="local executor: configurations at once (default 1; more share the cores' time)")
+    ex.add_argument("--launch", choices=("fork", "exec"), default="fork",
+                    help="local executor: fork each configuration's fresh process from a zygote that imported "
+                         "numpy/ckpt/torch once (default), or exec each afresh (slower: the imports repeat)")
     ex.add_argument("--address", help="ray executor: an existing cluster ('auto', 'ray://host:10001'); "
                                       "default: start a local Ray instance")
     out = p.add_argument_group("output")
@@ -199,7 +213,7 @@ def cmd_sweep(args) -> int:
             print(c.key)
         print(f"{len(configs)} configurations ({len(skipped)} skipped: no installed implementation)")
         return 0
-    executor = make_executor(args.executor, args.jobs, args.address)
+    executor = make_executor(args.executor, args.jobs, args.address, args.launch)
     out = Path(args.out or f"reports/{args.preset or 'sweep'}")
     run_sweep(grids, out, resume=args.resume, fresh=args.fresh, retry_failed=args.retry_failed,
               progress=not args.no_progress, repeats=repeats, executor=executor, extend=args.extend,

@@ -180,7 +180,8 @@ def check_value(name: str, value, where: str = "config") -> None:
         raise ValueError(f"{where}: {name} must be an int{_bound(minimum)}, got {value!r}")
     allowed = choices() if callable(choices) else choices
     if allowed is not None and kind is not bool and value not in allowed:
-        raise ValueError(f"{where}: unknown {name} {value!r}; allowed: {', '.join(map(str, allowed))}")
+        hint = "; a user strategy: name its module with --plugin, or write module:function" if name == "strategy" else ""
+        raise ValueError(f"{where}: unknown {name} {value!r}; allowed: {', '.join(map(str, allowed))}{hint}")
 
 
 def _bound(minimum) -> str:
@@ -227,7 +228,7 @@ class RunOption:
 
 RUN_OPTIONS = {
     "timeout": RunOption(float, 300.0, 0, True, "seconds before a configuration is killed and recorded as 'timeout'"),
-    "warmup": RunOption(int, 1, 0, False, "untimed steps before timing"),
+    "warmup": RunOption(int, 1, 0, False, "untimed full-size steps before timing, the metered step included"),
     "iters": RunOption(int, 3, 1, False, "timed steps per configuration"),
     "budget_s": RunOption(float, 2.0, 0, True, "stop timing a configuration after this many seconds"),
     "threads": RunOption(int, 1, 1, False, "BLAS/OpenMP threads in each child (1: steadier timings on a shared machine)"),

@@ -1,8 +1,10 @@
 """Runner: one configuration in its own fresh process, always returning a row.
 
-The parent (``run_config``) starts ``python -m profiling.runner '<config json>'`` with
-glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed (large blocks go straight to mmap and back to
-the system when freed, so RSS tracks what is live) and a timeout.  The child builds the
+The parent (``run_config``) starts ``python -m profiling.runner '<config json>'`` (or,
+given a ``profiling.zygote`` started for the same environment, forks the child from it: the
+same fresh process without repeating the imports) with glibc's ``MALLOC_MMAP_THRESHOLD_``
+fixed (large blocks go straight to mmap and back to the system when freed, so RSS tracks
+what is live) and a timeout.  The child builds the
 workload, measures **one** step under the meters (after a warm-up step that loads
 kernels: a 1-row step for numpy; a full step for torch, whose math library also sizes
 its workspace to the batch), then times ``iters`` more steps with no meter
@@ -96,16 +98,15 @@ def measure(c: Config, warmup: int = 1, iters: int = 3, budget_s: float = 2.0,
     w = build(c)
     w.warm_up()
     meters = Meters(meters_for(c.backend, c.device))
-    t0 = time.perf_counter()
     with meters:
         w.step()
-    metered_s = time.perf_counter() - t0
     figures = meters.figures
     primary = primary_figure(c.backend, c.device, figures)
     row = {"impl": impl_of(c), "peak_meter": primary, "peak_bytes": figures[primary], **figures, **where}
     row.update(w.decomposition())
     row.update(predicted(c))
-    times = time_steps(w, 0 if metered_s > budget_s else warmup, iters, budget_s)
+    # the metered step is the first of the ``warmup`` untimed steps: it ran every kernel at full size
+    times = time_steps(w, max(0, warmup - 1), iters, budget_s)
     row.update(time_s=statistics.median(times), time_min_s=min(times), timed_steps=len(times))
     return row
 
@@ -190,6 +191,10 @@ def emit(row: dict) -> None:
     print(MARK + json.dumps(row), flush=True)
 
 
+def _timed_out(timeout: float) -> dict:
+    return {"status": "timeout", "error": f"no result after {timeout:g} s; the process was killed"}
+
+
 def run_child(cmd: list[str], env: dict, timeout: float, show_stderr: bool = False) -> dict:
     """Run a measuring child (it dies with us); its emitted row, or a row saying how it ended.
 
@@ -200,21 +205,41 @@ def run_child(cmd: list[str], env: dict, timeout: float, show_stderr: bool = Fal
                            text=True, timeout=timeout, env=env, preexec_fn=die_with_parent)
         return _parse(p.stdout) or _died(p.returncode, p.stderr or "")
     except subprocess.TimeoutExpired:
-        return {"status": "timeout", "error": f"no result after {timeout:g} s; the process was killed"}
+        return _timed_out(timeout)
+
+
+def run_forked(zygote, args: list[str], env: dict | None, threads: int | None, timeout: float) -> dict | None:
+    """The row of a child forked by ``zygote`` (``profiling.zygote``); None when it cannot serve this row."""
+    from .zygote import ZygoteError
+    if zygote is None or not zygote.serves(env, threads):
+        return None
+    try:
+        returncode, stdout, stderr = zygote.run(args, timeout)
+    except ZygoteError:
+        return None
+    if returncode is None:
+        return _timed_out(timeout)
+    return _parse(stdout) or _died(returncode, stderr)
 
 
 def run_config(c: Config, timeout: float = 300.0, warmup: int = 1, iters: int = 3,
                budget_s: float = 2.0, threads: int | None = 1, env: dict | None = None,
-               memory_limit_mb: int | None = None, plugins: list[str] | tuple = ()) -> dict:
-    """Measure c in a fresh process; a complete row (config, status, figures) whatever happens."""
+               memory_limit_mb: int | None = None, plugins: list[str] | tuple = (), zygote=None) -> dict:
+    """Measure c in a fresh process; a complete row (config, status, figures) whatever happens.
+
+    With a ``zygote`` started for the same ``env`` and ``threads``, the process is forked from it (``launch``:
+    "fork", no imports to repeat); otherwise it is started afresh ("exec").
+    """
     opts = {"warmup": warmup, "iters": iters, "budget_s": budget_s, "memory_limit_mb": memory_limit_mb,
             "plugins": list(plugins)}
-    cmd = [sys.executable, "-m", "profiling.runner", json.dumps(c.as_dict()), json.dumps(opts)]
-    env = child_env(env, threads)
+    args = [json.dumps(c.as_dict()), json.dumps(opts)]
     t0 = time.perf_counter()
-    result = run_child(cmd, env, timeout)
+    result, launch = run_forked(zygote, args, env, threads, timeout), "fork"
+    env = child_env(env, threads)
+    if result is None:
+        result, launch = run_child([sys.executable, "-m", "profiling.runner", *args], env, timeout), "exec"
     return {**c.as_dict(), "key": c.key, **result, **host_details(), "wall_s": time.perf_counter() - t0,
-            "mmap_threshold": env.get("MALLOC_MMAP_THRESHOLD_", ""), "threads": threads or 0}
+            "launch": launch, "mmap_threshold": env.get("MALLOC_MMAP_THRESHOLD_", ""), "threads": threads or 0}
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ LOCK = ".lock"
 
 ALL = ["store_all", "sqrt_n", "recompute"]
 PRESETS = {
-    # under a minute on 2 idle cores: numpy depth and batch sweeps, optimizers, a few torch rows
+    # under a minute on 2 idle cores: numpy depth and batch sweeps, optimizers; torch depth and batch
+    # sweeps of every strategy (each row's process forked from a preloaded zygote: profiling.zygote)
     "default": [
         dict(backend="numpy", depth=[8, 16, 32, 64, 128, 256], width=128, batch=512,
              strategy=["store_all", "sqrt_n"], mode=["train", "predict"]),
@@ -60,10 +61,12 @@ PRESETS = {
              strategy=ALL, mode=["train", "predict"]),
         dict(backend="numpy", depth=32, width=128, batch=256, strategy="store_all",
              optimizer=["none", "momentum", "adam"]),
-        dict(backend="torch", depth=[16, 128], width=128, batch=256, strategy="store_all",
+        # torch: the same claims (depth and batch laws, train vs predict) and its side of the
+        # time/memory trade-off, every strategy; recompute stops at depth 16 (its step is quadratic in depth)
+        dict(backend="torch", depth=[8, 16, 128], width=128, batch=256, strategy=["store_all", "sqrt_n"],
              mode=["train", "predict"]),
-        # torch's side of the time/memory trade-off (the report's trade-off table, both backends)
-        dict(backend="torch", depth=16, width=128, batch=256, strategy=["sqrt_n", "recompute"]),
+        dict(backend="torch", depth=[8, 16], width=128, batch=256, strategy="recompute"),
+        dict(backend="torch", depth=8, width=128, batch=[512, 1024], strategy="store_all"),
     ],
     # the committed large CPU sweep: numpy and torch, depth to 512, batch to 2048, every strategy
     "cpu_large": [
@@ -208,11 +211,16 @@ def scan_rows(out: str | os.PathLike) -> tuple[list[dict], list[str]]:
     return rows, problems
 
 
+_REPORTED: set[str] = set()      # problems already printed by this process (a sweep reads its file 2–3 times)
+
+
 def read_rows(out: str | os.PathLike) -> list[dict]:
-    """Rows of ``<out>/results.jsonl``; every unparseable line is reported on stderr."""
+    """Rows of ``<out>/results.jsonl``; every unparseable line is reported on stderr, once per process."""
     rows, problems = scan_rows(out)
     for p in problems:
-        print(f"sweep: skipping line {p}", file=sys.stderr)
+        if p not in _REPORTED:
+            _REPORTED.add(p)
+            print(f"sweep: skipping line {p}", file=sys.stderr)
     return rows
 
 

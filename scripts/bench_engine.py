@@ -240,8 +240,8 @@ def table(result) -> str:
     base_t, base_p = t["numpy store_all"]["median"], result["peaks"]["store_all"]
     base_a = result["predicted"]["store_all"]["peak_activation_bytes"]
     lines = ["| engine | strategy | step time, median ms (IQR) | time vs numpy store_all | "
-             "tracemalloc peak MiB | predicted peak MiB | peak vs store_all | "
-             "predicted peak less gradients MiB (vs store_all) | predicted saved MiB | forward steps |",
+             "peak MiB (measured: tracemalloc) | peak MiB (predicted: memory model) | peak vs store_all (measured) | "
+             "peak less gradients MiB (predicted; vs store_all) | saved MiB (predicted) | forward steps (counted) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for s in result["peaks"]:
         q = t[f"numpy {s}"]

@@ -20,21 +20,22 @@ saved bytes counted by the saved-tensor counter the sweeps use, and the machine 
 by ``profiling.environment``.  It drives ckpt's public API only
 (``ckpt.CheckpointedSequential(stages, strategy)``, ``track_memory=True`` for saved bytes).
 
-On CPU each child runs with glibc told to keep freed memory
-(``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``), as CUDA's caching
-allocator does.  Otherwise a step's fresh allocations fault in from the kernel
-again (60 000 page faults per plain step on the MLP) by an amount that depends on
-which method ran before, and times swing by 10–25%.  ``--system-malloc`` keeps
-glibc's defaults.  Memory:
+On CPU each child runs by default with glibc's defaults, as a user's process does (the
+headline).  ``--malloc tuned`` tells glibc to keep freed memory (``MALLOC_TRIM_THRESHOLD_``,
+``MALLOC_MMAP_THRESHOLD_``), as CUDA's caching allocator does: otherwise a step's fresh
+allocations fault in from the kernel again (60 000 page faults per plain step on the MLP) by
+an amount that depends on which method ran before, and times swing by 10–25%.  Each time is
+reported as the median with the min–max of its rounds, and each workload with the load average
+before and after it.  Memory (each figure says what produced it):
 
-* ``peak_alloc``: peak bytes allocated above the resting state during one step
+* ``peak_alloc`` (measured): peak bytes allocated above the resting state during one step
   (CPU: the profiler's allocator events; CUDA: ``max_memory_allocated``).
-* ``saved``: bytes saved for backward at the peak (each storage once, the input,
+* ``saved`` (counted): bytes saved for backward at the peak (each storage once, the input,
   parameters and gradients left out).  Plain torch: its forward's saved tensors
   (``ckpt.saved_residuals``); ours: the executor's ledger of checkpoints + tapes.
   torch's ``checkpoint_sequential`` hides its saves behind its own saved-tensor
   hooks, so no outer hook can count them: its column is blank.
-* ``held``: bytes the training forward allocated and still holds when it
+* ``held`` (measured): bytes the training forward allocated and still holds when it
   returns, its output left out — what each method keeps for its backward,
   measured from the allocator, so torch's checkpoint is counted too.
 """
@@ -136,7 +137,7 @@ def time_rounds(fns, model, x, device, rounds, warmup, slow_rounds, slow):
     for name in slow:
         time_one(fns[name], model, x, device)            # its warm-up
         times[name] = [time_one(fns[name], model, x, device) for _ in range(slow_rounds)]
-    return {name: (statistics.median(ts), len(ts)) for name, ts in times.items()}
+    return {name: (statistics.median(ts), len(ts), min(ts), max(ts)) for name, ts in times.items()}
 
 
 def time_one(fn, model, x, device) -> float:
@@ -207,16 +208,17 @@ def plain_saved(model, x):
 
 def bench_workload(wname, device, rounds, warmup, slow_rounds, skip=()):
     """Rows of one workload, every method (in this process: the child of ``bench``)."""
-    rows = []
+    rows, load_before = [], os.getloadavg()[0]
     model, x = WORKLOADS[device][wname](device)
     n = len(model)
     fns, counting = methods(model, n)
     for name in skip:
         fns.pop(name, None)
-    slow = {"ours_recompute"} if n > 64 else set()
-    print(f"[{wname}] n={n}, timing {rounds} rounds ({slow_rounds} for {sorted(slow)})", file=sys.stderr, flush=True)
+    slow = ({"ours_recompute"} if n > 64 else set()) & set(fns)
+    after = f" ({slow_rounds} for {sorted(slow)}, after them)" if slow else ""
+    print(f"[{wname}] n={n}, timing {rounds} rounds{after}", file=sys.stderr, flush=True)
     times = time_rounds({FORWARD: None, **{k: v[0] for k, v in fns.items()}}, model, x, device,
-                        rounds, warmup, slow_rounds, slow & set(fns))
+                        rounds, warmup, slow_rounds, slow)
     t_fwd = times.pop(FORWARD)[0]
     saved = {"plain": plain_saved(model, x)}
     for name, (fn, steps) in fns.items():
@@ -227,20 +229,22 @@ def bench_workload(wname, device, rounds, warmup, slow_rounds, skip=()):
             step(ours, model, x)
             saved[name] = ours.last_stats.peak_saved_bytes
         rows.append(dict(workload=wname, n=n, method=name, forward_steps=steps,
-                         time_s=times[name][0], rounds=times[name][1], peak_alloc_bytes=mem,
+                         time_s=times[name][0], rounds=times[name][1], time_min_s=times[name][2],
+                         time_max_s=times[name][3], peak_alloc_bytes=mem,
                          saved_bytes=saved.get(name), held_bytes=held, plain_forward_s=t_fwd))
         print(f"  {name:30s} {times[name][0]:8.4f} s  peak {(mem or 0) / MiB:9.1f} MiB",
               file=sys.stderr, flush=True)
-    return rows
+    load_after = os.getloadavg()[0]
+    return [{**r, "load_before": load_before, "load_after": load_after} for r in rows]
 
 
 def bench(args) -> tuple[list[dict], dict]:
     """(rows, the first child's machine details): each workload in a fresh child process."""
     rows, machine = [], None
-    malloc = {} if args.device == "cuda" or args.system_malloc else dict([KEEP_FREED, KEEP_HEAP])
-    env = child_env(malloc, threads=None)
-    if args.system_malloc and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        env.pop("MALLOC_MMAP_THRESHOLD_")             # glibc's defaults, as asked
+    tuned = args.device == "cpu" and args.malloc == "tuned"
+    env = child_env(dict([KEEP_FREED, KEEP_HEAP]) if tuned else {}, threads=None)
+    if not tuned and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        env.pop("MALLOC_MMAP_THRESHOLD_")             # glibc's defaults: what a user's process gets
     for wname in WORKLOADS[args.device]:
         if args.only and args.only not in wname:
             continue
@@ -277,21 +281,39 @@ def derive(rows):
     return pd.concat(out)
 
 
+MEMORY_NOTE = {
+    "cpu": "Memory figures: *peak allocated* and *held after forward* are measured from torch's CPU allocator "
+           "(the profiler's memory events, `profile_memory=True`); *saved for backward* is counted: plain torch's "
+           "saved tensors by the saved-tensor hooks (`profiling.workloads.saved_tensor_counter`), ours by the "
+           "executor's ledger of checkpoints and tapes (`track_memory=True`); torch's checkpoint hides its saves "
+           "from outer hooks (—).",
+    "cuda": "Memory figures: *peak allocated* and *held after forward* are measured by torch.cuda "
+            "(`max_memory_allocated` through `profiling.meters.CudaMeter`, `memory_allocated`); *saved for "
+            "backward* is counted: plain torch's saved tensors by the saved-tensor hooks, ours by the executor's "
+            "ledger (`track_memory=True`); torch's checkpoint hides its saves from outer hooks (—).",
+}
+
+
 def markdown(df, device, command, machine) -> str:
     lines = [f"# Torch checkpointing benchmark ({device})", "",
              f"Reproduce: `{command}`", "",
              f"torch {machine['torch']}, {machine['torch_threads']} threads, {machine['cpu']}"
              + (f", {', '.join(machine['gpus'])}" if device == "cuda" else "") + ". "
              "Each workload ran in its own fresh process. "
-             "Times are medians of interleaved rounds after warm-up (`rounds` column; recompute on "
-             "deep chains is timed after the rounds); ratios come from the same run. glibc: "
-             + (", ".join(f"{k}={v}" for k, v in machine["malloc"].items()) or "defaults") + ".", ""]
+             "Step times are medians of interleaved rounds after warm-up, [min–max] of the rounds and their "
+             "count in brackets (recompute on deep chains is timed after the rounds); ratios come from the "
+             "same run. glibc: "
+             + (", ".join(f"{k}={v}" for k, v in machine["malloc"].items()) or "defaults (no MALLOC_* variables)")
+             + ".", "", MEMORY_NOTE[device], ""]
     for w, g in df.groupby("workload", sort=False):
         t_fwd = g["plain_forward_s"].iloc[0]
         lines += [f"## {w} (n = {g['n'].iloc[0]} stages; plain training forward {t_fwd:.4f} s)", "",
-                  "| method | forward steps | step time (s) | × plain | µs per stage over plain "
+                  f"Load average (1 min) {g['load_before'].iloc[0]:.2f} before, {g['load_after'].iloc[0]:.2f} after "
+                  f"({machine['logical_cpus']} logical CPUs).", "",
+                  "| method | forward steps | step time (s) median [min–max] (rounds) | × plain | µs per stage over plain "
                   "| overhead / recomputed forward time "
-                  "| peak allocated (MiB) | saved for backward at peak (MiB) | held after forward (MiB) |",
+                  "| peak allocated (MiB, measured) | saved for backward at peak (MiB, counted) "
+                  "| held after forward (MiB, measured) |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for _, r in g.iterrows():
             over = "" if r["overhead_per_recomputed_forward"] != r["overhead_per_recomputed_forward"] \
@@ -300,7 +322,8 @@ def markdown(df, device, command, machine) -> str:
                 else f"{r['peak_alloc_bytes'] / MiB:.1f}"
             saved = "—" if r["saved_bytes"] is None or r["saved_bytes"] != r["saved_bytes"] \
                 else f"{r['saved_bytes'] / MiB:.1f}"
-            lines.append(f"| {r['method']} | {r['forward_steps']} | {r['time_s']:.4f} ({r['rounds']}) "
+            lines.append(f"| {r['method']} | {r['forward_steps']} | {r['time_s']:.4f} "
+                         f"[{r['time_min_s']:.4f}–{r['time_max_s']:.4f}] ({r['rounds']}) "
                          f"| {r['vs_plain']:.3f} | {r['extra_us_per_stage']:.1f} | {over} | {peak} | {saved} "
                          f"| {r['held_bytes'] / MiB:.1f} |")
         s = g.set_index("method")
@@ -336,8 +359,9 @@ def main(argv=None):
     ap.add_argument("--skip", nargs="*", default=[], help="methods to leave out, e.g. ours_recompute")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=None, help="report folder (default reports/torch_<cpu|gpu>)")
-    ap.add_argument("--system-malloc", action="store_true",
-                    help="CPU: keep glibc's default trim/mmap thresholds (page faults then swing the times)")
+    ap.add_argument("--malloc", choices=["system", "tuned"], default="system",
+                    help="CPU: glibc's defaults, as users run (default), or tuned to keep freed memory "
+                         "as CUDA's caching allocator does (fewer page faults, steadier times)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds before a workload's process is killed")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

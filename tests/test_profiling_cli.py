@@ -16,6 +16,8 @@ def test_help_runs_as_a_module():
 
 @pytest.mark.parametrize("args, words", [
     (["--strategy", "nope", "--depth", "2"], "unknown strategy 'nope'"),
+    (["--jobs", "0", "--depth", "2"], "argument --jobs: jobs must be an integer ≥ 1, got 0"),
+    (["--launch", "spawn", "--depth", "2"], "argument --launch: invalid choice: 'spawn'"),
     (["--backend", "jax"], "unknown backend 'jax'"),
     (["--mode", "eval", "--depth", "2"], "unknown mode 'eval'"),
     (["--preset", "huge"], "unknown preset 'huge'"),
