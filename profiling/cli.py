@@ -102,6 +102,9 @@ def _sweep_parser(sub) -> None:
                      help="import MODULE (which registers user strategies) in every process; repeatable")
     run = p.add_argument_group("how each configuration runs")
     for name, opt in RUN_OPTIONS.items():
+        if opt.kind is bool:
+            run.add_argument(f"--no-{name}", dest=name, action="store_const", const=False, help=opt.help + " (on by default)")
+            continue
         default = "" if opt.default is None else f" (default {opt.default:g})"
         run.add_argument(f"--{_flag(name)}", dest=name, type=_run_type(name), help=opt.help + default)
     ex = p.add_argument_group("where configurations run")

@@ -197,6 +197,10 @@ def validate(c: Config) -> Config:
     if c.backend == "numpy" and c.device != "cpu":
         raise ValueError(f"profiling: the numpy backend runs on cpu only, got device={c.device!r}; "
                          f"use backend='torch' for cuda")
+    if c.fused and (c.mode != "train" or c.optimizer == "none"):
+        raise ValueError(f"profiling: fused=true fuses the optimizer step into the backward, so it needs "
+                         f"mode='train' and an optimizer (sgd, momentum, adam), got mode={c.mode!r}, "
+                         f"optimizer={c.optimizer!r}; put fused=true in a grid of its own with those")
     if c.mode == "train" and c.strategy_options:
         _check_strategy_takes(c)
     return c
@@ -234,6 +238,8 @@ RUN_OPTIONS = {
     "repeats": RunOption(int, 1, 1, False, "fresh processes per configuration"),
     "memory_limit_mb": RunOption(int, None, 1, False, "address space (MiB) a child may add after its imports; "
                                                       "beyond it allocations fail and the row is 'oom'"),
+    "memcheck": RunOption(bool, True, 0, False, "before running, refuse a configuration whose predicted bytes "
+                                                "exceed what its process may use (row status 'refused')"),
 }
 
 
@@ -242,6 +248,10 @@ def check_run_option(name: str, value, where: str = "run") -> object:
     if name not in RUN_OPTIONS:
         raise ValueError(f"{where}: unknown run option {name!r}; allowed: {', '.join(RUN_OPTIONS)}")
     opt = RUN_OPTIONS[name]
+    if opt.kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: {name} must be true or false, got {value!r}")
+        return value
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
     if opt.kind is int:
         numeric = numeric and float(value).is_integer()

@@ -279,6 +279,12 @@ def _errors_section(prepared: pd.DataFrame) -> list[str]:
                                              "predicted_peak_bytes": "mib", "pred_error": "pct"}, headers)]
 
 
+def status_counts(df: pd.DataFrame, failed: pd.DataFrame) -> str:
+    """'40 ok, 2 refused, 1 oom': rows per status (refused rows were predicted not to fit and never ran)."""
+    counts = failed["status"].value_counts() if "status" in failed else pd.Series(dtype=int)
+    return ", ".join([f"{len(df) - len(failed)} ok"] + [f"{n} {status}" for status, n in counts.items()])
+
+
 def render(df: pd.DataFrame, env: dict | None = None, plots: dict | None = None, name: str = "sweep",
            command: str | None = None) -> str:
     """The report's markdown, from a raw results frame (any statuses, any grid) and its environment."""
@@ -287,7 +293,7 @@ def render(df: pd.DataFrame, env: dict | None = None, plots: dict | None = None,
     parts = [f"# Memory of training vs prediction — `{name}`\n", environment_section(env or {})]
     if command:
         parts.append(f"Reproduce: `{command}`\n")
-    parts += [f"{len(df)} rows: {len(df) - len(failed)} ok, {len(failed)} failed.\n", "## Summary\n",
+    parts += [f"{len(df)} rows: {status_counts(df, failed)}.\n", "## Summary\n",
               summary_section(prepared), "## Targets\n",
               "Each claim on the rows it is about, with the meter that measured them; "
               "\"n/a\" where this grid cannot decide it.\n\n",
@@ -308,7 +314,8 @@ def render(df: pd.DataFrame, env: dict | None = None, plots: dict | None = None,
         parts += [f"### {title}\n\n![{title}]({Path(p).name})\n" for title, p in plots.items()]
     if len(failed):
         cols = [c for c in A.CONFIG + ["status", "error"] if c in failed]
-        parts += ["## Failed configurations\n", md_table(failed[cols])]
+        parts += ["## Configurations not measured\n", "`refused`: the pre-run memory check predicted that it "
+                  "would not fit (not run); `oom`, `error`, `timeout`: it ran and failed.\n\n", md_table(failed[cols])]
     parts += ["## How this was measured\n", METHOD_NOTE]
     return "\n".join(parts)
 
