@@ -128,21 +128,37 @@ def make_schedule(strategy: str | Strategy, n: int, profile=None, fused: bool = 
     return fuse_updates(schedule) if fused else schedule.validate()
 
 
-def _check_options(strategy, fn: Strategy, options: dict) -> None:
-    """Refuse options that ``fn`` does not take, naming the ones it does."""
+def option_names(strategy) -> tuple[list[str], list[str]] | None:
+    """(options ``strategy`` takes, those of them it requires); None when its signature cannot tell."""
+    fn = strategy if callable(strategy) else get_strategy(strategy)
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
-        return                               # a builtin or C callable: let the call decide
+        return None                          # a builtin or C callable: let the call decide
     if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params.values()):
-        return                               # takes anything: let the call decide
+        return None                          # takes anything: let the call decide
     takes = [k for k, p in list(params.items())[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return takes, [k for k in takes if params[k].default is inspect.Parameter.empty]
+
+
+def takes_no_options(strategy) -> bool:
+    """Whether ``strategy`` builds a schedule from the depth (or profile) alone."""
+    names = option_names(strategy)
+    return names is None or not names[1]
+
+
+def _check_options(strategy, fn: Strategy, options: dict) -> None:
+    """Refuse options that ``fn`` does not take, naming the ones it does, and name those it needs."""
+    names = option_names(fn)
+    if names is None:
+        return
+    takes, required = names
     unknown = sorted(set(options) - set(takes))
     name = strategy if isinstance(strategy, str) else getattr(fn, "__name__", repr(fn))
     if unknown:
         raise TypeError(f"strategies: strategy {name!r} takes no option {', '.join(map(repr, unknown))}; "
                         f"its options: {', '.join(takes) or 'none'}")
-    missing = [k for k in takes if params[k].default is inspect.Parameter.empty and k not in options]
+    missing = [k for k in required if k not in options]
     if missing:
         raise TypeError(f"strategies: strategy {name!r} needs the option(s) {', '.join(map(repr, missing))} "
                         f"(e.g. {missing[0]}={_EXAMPLES.get(missing[0], '...')}); none given")

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from . import plan, timeline
+from ckpt.strategies import takes_no_options
+
 from .config import (GRID_FIELDS, RUN_OPTIONS, SCHEMA, Config, check_run_option, known_strategies,
                      load_plugins, validate)
 
@@ -179,7 +181,7 @@ def _grids(args) -> tuple[list[dict], dict]:
     flags = _given_fields(args)
     if flags.get("strategy") and "all" in flags["strategy"]:
         load_plugins(args.plugin + run.get("plugins", []))
-        flags["strategy"] = known_strategies()
+        flags["strategy"] = [s for s in known_strategies() if takes_no_options(s)]
     if not args.preset and not args.config and not flags:
         raise ValueError("nothing to run: give --preset, --config or grid flags (see `ckpt-profile sweep --help`)")
     return [{**g, **flags} for g in grids], run
