@@ -46,3 +46,12 @@ def test_write_report_writes_markdown_csv_and_plots(tmp_path):
 
 def test_md_table_escapes_pipes():
     assert "\\|x\\|" in md_table(pd.DataFrame({"a": ["|x|"]}))
+
+
+def test_fused_rows_get_their_own_section_and_a_plain_flag():
+    from .test_profiling_analysis import fused_twin
+    text = render(fused_twin(synthetic_frame()), name="fused")
+    assert "## Fused optimizer step" in text and "gradients at fused peak (MiB, counted)" in text
+    decomposition = text[text.index("## Where the bytes go"):text.index("## Train / predict ratio")]
+    assert "| fused |" in decomposition and "| no |" in decomposition and "**no**" not in decomposition
+    assert "## Fused optimizer step" not in render(synthetic_frame(), name="unfused")
