@@ -99,3 +99,20 @@ def test_memory_check_must_be_a_bool():
         ckpt.CheckpointedSequential(mlp(depth=2, width=4), memory_check="no")
     with pytest.raises(TypeError, match=r"memory_check must be True or False, got 0"):
         ckpt.checkpoint_modules(mlp(depth=2, width=4), memory_check=0)
+
+
+# ------------------------------------------------------------------ bad input to the wrappers, found as a user
+
+@pytest.mark.parametrize("flag", ["track_memory", "preserve_rng_state"])
+def test_wrapper_flags_must_be_bools(flag):
+    with pytest.raises(TypeError, match=rf"ckpt.torch: {flag} must be True or False, got 'x'"):
+        ckpt.CheckpointedSequential(mlp(depth=2, width=4), **{flag: "x"})
+    with pytest.raises(TypeError, match=rf"{flag} must be True or False, got 'x'"):
+        ckpt.checkpoint_modules(mlp(depth=2, width=4), **{flag: "x"})
+
+
+def test_a_call_without_input_and_blocks_that_are_not_a_list_are_clear_errors():
+    with pytest.raises(TypeError, match=r"CheckpointedSequential needs an input x_0 \(model\(x\)\), got none"):
+        ckpt.CheckpointedSequential(mlp(depth=2, width=4))()
+    with pytest.raises(TypeError, match=r"checkpoint_modules: expected the blocks to checkpoint .* got NoneType"):
+        ckpt.checkpoint_modules(None)

@@ -108,6 +108,8 @@ class CheckpointedSequential(nn.Sequential):
 
     def forward(self, *inputs):
         """x_n for input(s) x_0 (several inputs arrive at stage 1 as one tuple)."""
+        if not inputs:
+            raise TypeError("ckpt.torch: CheckpointedSequential needs an input x_0 (model(x)), got none")
         x = inputs[0] if len(inputs) == 1 else inputs
         stages = list(self._modules.values())
         if len(self._runner.blocks) != len(stages):
@@ -223,7 +225,11 @@ def _blocks_of(modules) -> list:
         raise TypeError(f"ckpt.checkpoint_modules: expected the blocks to checkpoint (an nn.ModuleList, "
                         f"nn.Sequential or list of modules, e.g. model.transformer.h), got a "
                         f"{type(modules).__name__}")
-    blocks = list(modules)
+    try:
+        blocks = list(modules)
+    except TypeError:
+        raise TypeError(f"ckpt.checkpoint_modules: expected the blocks to checkpoint (an nn.ModuleList, "
+                        f"nn.Sequential or list of modules), got {type(modules).__name__}") from None
     if not blocks or not all(isinstance(b, nn.Module) for b in blocks):
         raise TypeError("ckpt.checkpoint_modules: expected a non-empty list of nn.Module blocks, got "
                         f"{[type(b).__name__ for b in blocks]}")
