@@ -105,7 +105,8 @@ def _sweep_parser(sub) -> None:
     run = p.add_argument_group("how each configuration runs")
     for name, opt in RUN_OPTIONS.items():
         if opt.kind is bool:
-            run.add_argument(f"--no-{name}", dest=name, action="store_const", const=False, help=opt.help + " (on by default)")
+            run.add_argument(f"--no-{name}", dest=name, action="store_const", const=False,
+                             help=f"turn off (on by default): {opt.help}")
             continue
         default = "" if opt.default is None else f" (default {opt.default:g})"
         run.add_argument(f"--{_flag(name)}", dest=name, type=_run_type(name), help=opt.help + default)
