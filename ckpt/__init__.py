@@ -32,6 +32,9 @@ def gradients(model: Chain, x, y, strategy="store_all", *, memory_check: bool = 
     (``memory_check=False`` skips that); NaN or inf raises ``NonFiniteError``
     naming the first stage it appeared in (``nonfinite="warn"`` or ``"ignore"``).
     """
+    if "fused" in options:
+        raise TypeError("ckpt: gradients returns the gradients, so it has no fused optimizer step; "
+                        "use ckpt.train_step(model, x, y, optimizer, strategy, fused=True)")
     backend = NumpyBackend(_check_model(model), nonfinite=nonfinite)
     strategy = forward_only if strategy == "forward_only" else strategy     # named: refused as prediction below
     schedule = _training_schedule(model, backend, x, y, strategy, memory_check, False, options)

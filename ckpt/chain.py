@@ -97,6 +97,13 @@ def MLP(sizes: Sequence[int], activation: str = "relu", loss: str = "mse", l2: f
         raise ValueError(f"chain: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     hidden, last = activation_named(activation), activation_named(output_activation)
     loss_fn(loss)                                   # a bad name fails before the weights are drawn
+    if loss == "cross_entropy" and sizes[-1] < 2:
+        raise ValueError(f"chain: cross_entropy needs ≥ 2 outputs (one per class), got {sizes[-1]}; "
+                         f"for one output use loss='mse'")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"chain: seed must be an int ≥ 0 or None (fresh randomness), got {seed!r}")
+    if not isinstance(memory_check, bool):
+        raise TypeError(f"chain: memory_check must be True or False, got {memory_check!r}")
     if memory_check:
         check_fits(parameter_bytes(sizes, dtype), what=f"MLP({list(sizes)}, dtype={dtype!r}) (its parameters)")
     rng = np.random.default_rng(seed)

@@ -112,12 +112,13 @@ def available_bytes(device="cpu") -> tuple[int | None, str]:
 # ------------------------------------------------------------------ the check
 
 def check_fits(needed_bytes: int, *, device="cpu", what: str = "this step",
-               alternatives: list[tuple[str, int, int]] | None = None, steps: int | None = None) -> None:
+               alternatives: list[tuple[str, int, int]] | None = None, steps: int | None = None,
+               skip: str = "Pass memory_check=False to run anyway") -> None:
     """Raise ``InsufficientMemoryError`` unless ``needed_bytes`` fit in what the process may use.
 
     ``alternatives``: (name, needed bytes, forward steps) of other ways to run
     it; the message names the one with the fewest forward steps that fits.
-    ``steps`` is the forward steps of ``what``, for comparison.
+    ``steps`` is the forward steps of ``what``, for comparison; ``skip`` says how to turn the check off.
     """
     available, source = available_bytes(device)
     if available is None or needed_bytes <= available:
@@ -131,7 +132,7 @@ def check_fits(needed_bytes: int, *, device="cpu", what: str = "this step",
         message += f"; {name} would fit ({gib(n)}, {s} forward steps{versus})"
     elif alternatives is not None:
         message += "; no strategy fits: use a smaller batch or model"
-    raise InsufficientMemoryError(message + ". Pass memory_check=False to run anyway")
+    raise InsufficientMemoryError(f"{message}. {skip}")
 
 
 def check_step(model, batch: int, strategy, fused: bool = False, **options) -> None:

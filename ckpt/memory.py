@@ -56,6 +56,9 @@ def predict_memory(model, strategy="store_all", batch: int = 1, mode: str = "tra
     """
     if mode not in ("train", "predict"):
         raise ValueError(f"memory: mode must be 'train' or 'predict', got {mode!r}")
+    if mode == "predict" and fused is not False:
+        raise ValueError(f"memory: fused={fused!r} fuses the optimizer step into the backward; prediction "
+                         f"(mode='predict') has neither: leave fused=False")
     backend, x, y = symbolic_setup(model, batch)
     schedule = strategy if isinstance(strategy, Schedule) else _schedule(model, strategy, batch,
                                                                          {**options, "fused": fused})

@@ -37,13 +37,14 @@ class Optimizer:
         _check_positive("lr", lr)
         self.params, self.lr = list(params), float(lr)
         self.t = [0] * len(self.params)
+        # no per-parameter containers without state: SGD's step allocates nothing in a measured region
         self.state = [{k: [np.zeros_like(p) for _ in range(self.slots)] for k, p in d.items()}
-                      for d in self.params]
+                      for d in self.params] if self.slots else None
 
     @property
     def nbytes(self) -> int:
         """Bytes of the optimizer's state (resident, like the parameters)."""
-        return sum(a.nbytes for d in self.state for arrays in d.values() for a in arrays)
+        return sum(a.nbytes for d in self.state or () for arrays in d.values() for a in arrays)
 
     def update(self, i: int, grads: dict) -> None:
         """Apply one step to stage i's parameters with its gradients (which it overwrites)."""
@@ -51,7 +52,7 @@ class Optimizer:
             raise IndexError(f"optim: stage must be in 1..{len(self.params)}, got {i}")
         self.t[i - 1] += 1
         for k, p in self.params[i - 1].items():
-            self._apply(p, grads[k], self.state[i - 1][k], self.t[i - 1])
+            self._apply(p, grads[k], self.state[i - 1][k] if self.state else (), self.t[i - 1])
 
     def step(self, grads: list[dict]) -> None:
         """The unfused step: update every stage with the gradients of a finished backward."""

@@ -41,6 +41,13 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
+def check_profile(profile, planner: str) -> None:
+    """Raise unless ``profile`` is a ``ckpt.Profile`` (what planners read)."""
+    if not isinstance(profile, Profile):
+        raise TypeError(f"planners: {planner} plans from a ckpt.Profile (Profile.from_chain(model, batch), "
+                        f"Profile.from_torch(stages, x) or Profile.load(path)), got {type(profile).__name__}")
+
+
 def parse_bytes(budget) -> int:
     """Bytes from an int or a string like "6GiB", "512MB", "1.5 GiB" (SI kB/MB/GB, binary KiB/MiB/GiB)."""
     if isinstance(budget, bool):
@@ -385,6 +392,7 @@ class _BudgetPlanner(_Planner):
 def optimal(profile: Profile, budget_bytes) -> Schedule:
     """Least predicted time whose predicted peak ≤ ``budget_bytes`` (exact bytes; class in module doc)."""
     import sys
+    check_profile(profile, "optimal")
     budget = parse_bytes(budget_bytes)
     planner = _BudgetPlanner(profile)
     limit = sys.getrecursionlimit()
@@ -421,6 +429,7 @@ def chen_greedy(profile: Profile, budget_bytes) -> Schedule:
     keeps the least predicted time among those within ``budget_bytes``.
     """
     from .memory import predict_memory
+    check_profile(profile, "chen_greedy")
     budget, n = parse_bytes(budget_bytes), len(profile)
     total = sum(profile.activation_bytes(i) for i in range(1, n))
     seen, best, least = set(), None, math.inf

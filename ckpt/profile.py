@@ -128,9 +128,15 @@ class Profile:
 
     @classmethod
     def load(cls, path) -> "Profile":
-        """Read a profile written by ``save``."""
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        """Read a profile written by ``save``; a clear error for a missing or foreign file."""
+        try:
+            with open(path) as f:
+                return cls.from_dict(json.load(f))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"profile: no profile file at {str(path)!r}") from None
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise ValueError(f"profile: {str(path)!r} is not a ckpt.Profile written by Profile.save "
+                             f"({type(e).__name__}: {e})") from None
 
     # -- builders -----------------------------------------------------------
     @classmethod

@@ -34,6 +34,8 @@ _REGISTRY: dict[str, Strategy] = {}
 
 
 _BUILT_IN: set[str] = set()        # filled below, once the built-ins are registered
+RESERVED = ("all", "forward_only")  # the CLI's "every strategy", and the prediction schedule
+_EXAMPLES = {"slots": 8, "segments": 4, "budget_bytes": "'512MiB'"}
 
 
 def register_strategy(name: str, fn: Strategy | None = None, *, replace: bool = False):
@@ -43,6 +45,11 @@ def register_strategy(name: str, fn: Strategy | None = None, *, replace: bool = 
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"strategies: a strategy name must be a non-empty str, got {name!r}")
+    if name in RESERVED:
+        raise ValueError(f"strategies: {name!r} is reserved ({', '.join(RESERVED)}: every strategy on the "
+                         f"command line, the prediction schedule); register yours under another name")
+    if not isinstance(replace, bool):
+        raise TypeError(f"strategies: replace must be True or False, got {replace!r}")
     if name in _BUILT_IN and not replace:
         raise ValueError(f"strategies: {name!r} is a built-in strategy; register yours under another name, "
                          f"or pass replace=True to replace the built-in everywhere")
@@ -50,10 +57,23 @@ def register_strategy(name: str, fn: Strategy | None = None, *, replace: bool = 
     def add(f: Strategy) -> Strategy:
         if not callable(f):
             raise TypeError(f"strategies: strategy {name!r} must be callable (n, **options) -> Schedule")
+        _check_takes_one_argument(name, f)
         _REGISTRY[name] = f
         return f
 
     return add if fn is None else add(fn)
+
+
+def _check_takes_one_argument(name: str, fn) -> None:
+    """Refuse a function that cannot be called with the depth (or the profile) alone plus options."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return                               # a builtin or C callable: let the call decide
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    if not positional:
+        raise TypeError(f"strategies: strategy {name!r} must take the number of stages n (or a profile) as "
+                        f"its first argument: (n, **options) -> Schedule; it takes none")
 
 
 def strategies() -> list[str]:
@@ -108,20 +128,40 @@ def make_schedule(strategy: str | Strategy, n: int, profile=None, fused: bool = 
     return fuse_updates(schedule) if fused else schedule.validate()
 
 
-def _check_options(strategy, fn: Strategy, options: dict) -> None:
-    """Refuse options that ``fn`` does not take, naming the ones it does."""
+def option_names(strategy) -> tuple[list[str], list[str]] | None:
+    """(options ``strategy`` takes, those of them it requires); None when its signature cannot tell."""
+    fn = strategy if callable(strategy) else get_strategy(strategy)
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
-        return                               # a builtin or C callable: let the call decide
+        return None                          # a builtin or C callable: let the call decide
     if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params.values()):
-        return                               # takes anything: let the call decide
+        return None                          # takes anything: let the call decide
     takes = [k for k, p in list(params.items())[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return takes, [k for k in takes if params[k].default is inspect.Parameter.empty]
+
+
+def takes_no_options(strategy) -> bool:
+    """Whether ``strategy`` builds a schedule from the depth (or profile) alone."""
+    names = option_names(strategy)
+    return names is None or not names[1]
+
+
+def _check_options(strategy, fn: Strategy, options: dict) -> None:
+    """Refuse options that ``fn`` does not take, naming the ones it does, and name those it needs."""
+    names = option_names(fn)
+    if names is None:
+        return
+    takes, required = names
     unknown = sorted(set(options) - set(takes))
+    name = strategy if isinstance(strategy, str) else getattr(fn, "__name__", repr(fn))
     if unknown:
-        name = strategy if isinstance(strategy, str) else getattr(fn, "__name__", repr(fn))
         raise TypeError(f"strategies: strategy {name!r} takes no option {', '.join(map(repr, unknown))}; "
                         f"its options: {', '.join(takes) or 'none'}")
+    missing = [k for k in required if k not in options]
+    if missing:
+        raise TypeError(f"strategies: strategy {name!r} needs the option(s) {', '.join(map(repr, missing))} "
+                        f"(e.g. {missing[0]}={_EXAMPLES.get(missing[0], '...')}); none given")
 
 
 def _check_depth(n) -> None:
@@ -191,7 +231,10 @@ def _segmented(n: int, bounds: list[tuple[int, int]], tape_last: bool) -> Schedu
 
 @register_strategy("sqrt_n")
 def sqrt_n(n: int, segments: int | None = None) -> Schedule:
-    """Chen et al. 2016: ⌈√n⌉ segments; keep their inputs, re-tape one segment at a time."""
+    """Chen et al. 2016: ⌈√n⌉ segments; keep their inputs, re-tape one segment at a time.
+
+    ``segments`` > n means one stage per segment (what n segments give).
+    """
     return _segmented(n, segment_bounds(n, math.ceil(math.sqrt(n)) if segments is None else segments),
                       tape_last=True)
 

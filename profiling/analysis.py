@@ -201,7 +201,7 @@ def train_predict_ratio(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=RATIO_COLUMNS)
     train["ratio"] = train["peak_bytes"] / train["predict_peak_bytes"]
     train["ratio_with_params"] = train["peak_with_params_bytes"] / train["predict_with_params_bytes"]
-    return train[RATIO_COLUMNS].sort_values(keys + ["strategy", "optimizer"]).reset_index(drop=True)
+    return train[with_fused(RATIO_COLUMNS, df)].sort_values(keys + ["strategy", "optimizer"]).reset_index(drop=True)
 
 
 def prediction_errors(df: pd.DataFrame) -> pd.DataFrame:
@@ -221,12 +221,17 @@ TRADEOFF_COLUMNS = SHAPE + ["depth", "batch", "optimizer", "strategy", "time_s",
                             "time_overhead", "peak_bytes", "peak_change", "activation_change"]
 
 
+def with_fused(columns: list[str], df: pd.DataFrame) -> list[str]:
+    """``columns`` plus ``fused`` where the frame has fused rows (an aggregated frame drops it otherwise)."""
+    return columns + ["fused"] if "fused" in df and "fused" not in columns else columns
+
+
 def tradeoff(df: pd.DataFrame) -> pd.DataFrame:
     """Per training row: time (median step, with its min–max) and memory relative to store_all at the same configuration.
 
     Changes are signed: a strategy that saves memory has a negative ``peak_change`` / ``activation_change``.
     """
-    keys = SHAPE + ["depth", "batch", "optimizer"]
+    keys = with_fused(SHAPE + ["depth", "batch", "optimizer"], df)
     train = df[df["mode"] == "train"]
     for c in ("time_lo_s", "time_hi_s"):
         if c not in train:
@@ -240,7 +245,7 @@ def tradeoff(df: pd.DataFrame) -> pd.DataFrame:
     t["time_overhead"] = t["time_s"] / t["base_time_s"] - 1
     t["peak_change"] = t["peak_bytes"] / t["base_peak_bytes"] - 1
     t["activation_change"] = t["activation_bytes"] / t["base_activation_bytes"] - 1
-    return t[TRADEOFF_COLUMNS].sort_values(keys + ["strategy"]).reset_index(drop=True)
+    return t[with_fused(TRADEOFF_COLUMNS, df)].sort_values(keys + ["strategy"]).reset_index(drop=True)
 
 
 def decomposition(df: pd.DataFrame) -> pd.DataFrame:
@@ -254,6 +259,34 @@ def decomposition(df: pd.DataFrame) -> pd.DataFrame:
     cols = CONFIG + ["peak_source", "param_bytes", "optimizer_bytes", "grads_at_peak", "saved_at_peak_bytes",
                      "other_bytes", "peak_bytes", "predicted_peak_bytes", "pred_error"]
     return train[[c for c in cols if c in train]].reset_index(drop=True)
+
+
+FUSED_COLUMNS = SHAPE + ["depth", "batch", "optimizer", "strategy", "peak_source", "unfused_peak", "fused_peak",
+                         "fused_predicted", "fused_error", "unfused_grads_at_peak", "fused_grads_at_peak",
+                         "saving", "fused_activation"]
+
+
+def fused_comparison(df: pd.DataFrame) -> pd.DataFrame:
+    """Per fused training row beside its unfused twin: both measured peaks, the fused prediction, gradients at each peak.
+
+    ``fused_activation`` is the fused row's activation memory (measured less optimizer state and
+    the gradients at its peak): with the gradients fused away, what tells the strategies apart.
+    """
+    if "fused" not in df:
+        return pd.DataFrame(columns=FUSED_COLUMNS)
+    train = df[df["mode"] == "train"]
+    keys = [c for c in CONFIG if c in df and c != "fused"]
+    fused, unfused = train[train["fused"] == True], train[train["fused"] != True]   # noqa: E712 (NaN is unfused)
+    pair = fused.merge(unfused[keys + ["peak_bytes", "grad_at_peak_bytes"]], on=keys, suffixes=("", "_unfused"))
+    if pair.empty:
+        return pd.DataFrame(columns=FUSED_COLUMNS)
+    pair = pair.assign(unfused_peak=pair["peak_bytes_unfused"], fused_peak=pair["peak_bytes"],
+                       fused_predicted=pair["predicted_peak_bytes"], fused_error=pair["pred_error"],
+                       unfused_grads_at_peak=pair["grad_at_peak_bytes_unfused"],
+                       fused_grads_at_peak=pair["grad_at_peak_bytes"],
+                       saving=pair["peak_bytes"] / pair["peak_bytes_unfused"] - 1,
+                       fused_activation=pair["activation_bytes"])
+    return pair[FUSED_COLUMNS].sort_values(SHAPE + ["depth", "batch", "optimizer", "strategy"]).reset_index(drop=True)
 
 
 def _pick(fits: pd.DataFrame, **match) -> pd.DataFrame:

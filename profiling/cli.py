@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from . import plan, timeline
+from ckpt.strategies import takes_no_options
+
 from .config import (GRID_FIELDS, RUN_OPTIONS, SCHEMA, Config, check_run_option, known_strategies,
                      load_plugins, validate)
 
@@ -113,6 +115,10 @@ def _sweep_parser(sub) -> None:
                      help="import MODULE (which registers user strategies) in every process; repeatable")
     run = p.add_argument_group("how each configuration runs")
     for name, opt in RUN_OPTIONS.items():
+        if opt.kind is bool:
+            run.add_argument(f"--no-{name}", dest=name, action="store_const", const=False,
+                             help=f"turn off (on by default): {opt.help}")
+            continue
         default = "" if opt.default is None else f" (default {opt.default:g})"
         run.add_argument(f"--{_flag(name)}", dest=name, type=_run_type(name), help=opt.help + default)
     ex = p.add_argument_group("where configurations run")
@@ -190,7 +196,7 @@ def _grids(args) -> tuple[list[dict], dict]:
     flags = _given_fields(args)
     if flags.get("strategy") and "all" in flags["strategy"]:
         load_plugins(args.plugin + run.get("plugins", []))
-        flags["strategy"] = known_strategies()
+        flags["strategy"] = [s for s in known_strategies() if takes_no_options(s)]
     if not args.preset and not args.config and not flags:
         raise ValueError("nothing to run: give --preset, --config or grid flags (see `ckpt-profile sweep --help`)")
     return [{**g, **flags} for g in grids], run

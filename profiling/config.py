@@ -55,8 +55,8 @@ class Config:
     width: int = spec(128, int, "units per stage (square MLP)", minimum=1)
     batch: int = spec(256, int, "rows per batch", minimum=1)
     dtype: str = spec("float32", str, "float32 and/or float64", DTYPES)
-    strategy: str = spec("store_all", str, "activation strategies, 'all', or module:function "
-                         "(ignored in predict mode)", known_strategies)
+    strategy: str = spec("store_all", str, "activation strategies, 'all' (every one that needs no option), or "
+                         "module:function (ignored in predict mode)", known_strategies)
     mode: str = spec("train", str, "train (forward+backward+optimizer step) and/or predict (forward only)", MODES)
     optimizer: str = spec("sgd", str, "none, sgd, momentum, adam (state: 0, 0, 1, 2 copies of the parameters)",
                           OPTIMIZERS)
@@ -198,15 +198,33 @@ def validate(c: Config) -> Config:
     if c.backend == "numpy" and c.device != "cpu":
         raise ValueError(f"profiling: the numpy backend runs on cpu only, got device={c.device!r}; "
                          f"use backend='torch' for cuda")
-    if c.mode == "train" and c.strategy_options:
+    if c.fused and (c.mode != "train" or c.optimizer == "none"):
+        raise ValueError(f"profiling: fused=true fuses the optimizer step into the backward, so it needs "
+                         f"mode='train' and an optimizer (sgd, momentum, adam), got mode={c.mode!r}, "
+                         f"optimizer={c.optimizer!r}; put fused=true in a grid of its own with those")
+    if c.mode == "train":
         _check_strategy_takes(c)
     return c
 
 
 def _check_strategy_takes(c: Config) -> None:
+    """The options the strategy needs (from its signature), and those given (a schedule is built with them).
+
+    Strategies that plan from a cost profile are built in the child, where their profile is made.
+    """
     import ckpt
+    from ckpt.strategies import option_names
+    if ckpt.needs_profile(c.strategy):
+        return
+    names = option_names(c.strategy)
+    missing = [k for k in (names[1] if names else []) if k not in c.strategy_options]
+    if missing:
+        flags = ", ".join(f"--{k} N" if k in STRATEGY_OPTIONS else f"--option {k}=VALUE" for k in missing)
+        raise ValueError(f"profiling: strategy {c.strategy!r} needs the option(s) {', '.join(missing)}; give "
+                         f"{flags} (in a sweep file: {missing[0]} = ... in its [[grid]])")
     try:
-        ckpt.make_schedule(c.strategy, c.depth, **c.strategy_options)
+        if c.strategy_options:
+            ckpt.make_schedule(c.strategy, c.depth, **c.strategy_options)
     except TypeError as e:
         raise ValueError(f"profiling: strategy {c.strategy!r} does not take {c.strategy_options} ({e}); "
                          f"give only the options it accepts: put strategies with different options in grids "
@@ -235,6 +253,8 @@ RUN_OPTIONS = {
     "repeats": RunOption(int, 1, 1, False, "fresh processes per configuration"),
     "memory_limit_mb": RunOption(int, None, 1, False, "address space (MiB) a child may add after its imports; "
                                                       "beyond it allocations fail and the row is 'oom'"),
+    "memcheck": RunOption(bool, True, 0, False, "before running, refuse a configuration whose predicted bytes "
+                                                "exceed what its process may use (row status 'refused')"),
 }
 
 
@@ -243,6 +263,10 @@ def check_run_option(name: str, value, where: str = "run") -> object:
     if name not in RUN_OPTIONS:
         raise ValueError(f"{where}: unknown run option {name!r}; allowed: {', '.join(RUN_OPTIONS)}")
     opt = RUN_OPTIONS[name]
+    if opt.kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: {name} must be true or false, got {value!r}")
+        return value
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
     if opt.kind is int:
         numeric = numeric and float(value).is_integer()
@@ -312,3 +336,8 @@ def check_grid(grid: dict, where: str = "sweep") -> None:
     if unknown:
         raise ValueError(f"{where}: unknown grid field(s) {', '.join(sorted(unknown))}; "
                          f"allowed: {', '.join(GRID_FIELDS)}")
+    options = grid.get("options") if isinstance(grid.get("options"), dict) else {}
+    empty = [k for k, v in [*grid.items(), *options.items()] if isinstance(v, (list, tuple)) and not v]
+    if empty:
+        raise ValueError(f"{where}: grid field(s) {', '.join(empty)} have no values (an empty list); "
+                         f"give at least one value, or leave the field out for its default")

@@ -105,16 +105,20 @@ class TracemallocMeter(Meter):
 GRADIENT_MARK = "profiling.gradient_ready:"
 
 
-def mark_gradients(params) -> list:
+def mark_gradients(params, released: bool = False) -> list:
     """Annotate the profiler's timeline each time autograd stores a parameter's gradient; the hook handles.
 
     Harmless without a profiler (a no-op annotation).  With these marks ``TorchCPUMeter``
     also reports ``grad_at_peak``: the bytes of gradients autograd had stored when the peak was reached.
+    ``released=True``, registered after ``ckpt.torch.fused.fuse_optimizer`` (hooks run in
+    registration order), marks each gradient's release by the fused step, so ``grad_at_peak``
+    counts the gradients alive at the peak.
     """
     from torch.autograd.profiler import record_function
+    sign = -1 if released else 1
 
     def mark(p):
-        with record_function(f"{GRADIENT_MARK}{p.grad.untyped_storage().nbytes()}"):
+        with record_function(f"{GRADIENT_MARK}{sign * p.numel() * p.element_size()}"):
             pass
     return [p.register_post_accumulate_grad_hook(mark) for p in params]
 
@@ -134,7 +138,7 @@ class TorchCPUMeter(Meter):
         self.timeline = allocator_timeline(self._profile)
         peak = max(self.timeline, key=lambda t: t.held, default=AllocatorStep(0, 0, 0))
         out = {"peak": max(0, peak.held), "held": self.timeline[-1].held if self.timeline else 0}
-        if self.timeline and self.timeline[-1].gradients:
+        if any(t.gradients for t in self.timeline):        # marked (fused: back to 0 at the end)
             out["grad_at_peak"] = peak.gradients
             out["activation_peak"] = max(t.held - t.gradients for t in self.timeline)
         return out

@@ -64,6 +64,10 @@ def summary(schedule, profile) -> list[str]:
 
 def run(args) -> int:
     """Print the plan; return 0, or 2 with the reason when no plan fits the budget."""
+    if ckpt.needs_profile(args.strategy) and args.budget is None:
+        print(f"ckpt-profile plan: --strategy {args.strategy} plans under a byte budget: give --budget "
+              f"(e.g. --budget 512MiB)")
+        return 2
     profile = _profile(args)
     try:
         schedule = ckpt.make_schedule(args.strategy, len(profile), profile=profile, **_options(args))

@@ -139,7 +139,8 @@ def time_vs_memory(df: pd.DataFrame, path: Path) -> Path:
             ax.scatter(100 * h["activation_change"], 100 * h["time_overhead"], color=color, marker=marker,
                        label=strategy)
             for _, row in h.iterrows():
-                ax.annotate(f"d={row['depth']}", (100 * row["activation_change"], 100 * row["time_overhead"]),
+                fused = ", fused" if row.get("fused") == True else ""   # noqa: E712 (vs fused store_all; NaN: unfused)
+                ax.annotate(f"d={row['depth']}{fused}", (100 * row["activation_change"], 100 * row["time_overhead"]),
                             fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.scatter([0], [0], color=_style("store_all")[0], marker=_style("store_all")[1], label="store_all (reference)")
         ax.set_yscale("symlog", linthresh=10)

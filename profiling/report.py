@@ -23,6 +23,8 @@ MIB = 2 ** 20
 def _cell(v, fmt: str | None) -> str:
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return "–"
+    if fmt == "flag":                                   # a setting, not a claim: no bold "no"
+        return "yes" if v else "no"
     if fmt == "mib":
         return f"{v / MIB:,.3f}"
     if fmt == "pct":
@@ -158,10 +160,10 @@ def _decomposition_rows(df: pd.DataFrame) -> pd.DataFrame:
     keys = A.SHAPE + ["depth", "batch"]
     pred = df[df["mode"] == "predict"].groupby(keys, dropna=False)["peak_bytes"].median().rename("predict_peak")
     d = d.join(pred, on=keys)
-    cols = ["backend", "width", "depth", "batch", "strategy", "optimizer", "peak_source", "param_bytes",
-            "optimizer_bytes", "grads_at_peak", "saved_at_peak_bytes", "other_bytes", "peak_bytes",
-            "predicted_peak_bytes", "pred_error", "predict_peak"]
-    return d[cols].sort_values(["backend", "optimizer", "strategy"])
+    cols = A.with_fused(["backend", "width", "depth", "batch", "strategy", "optimizer"], d) + [
+        "peak_source", "param_bytes", "optimizer_bytes", "grads_at_peak", "saved_at_peak_bytes", "other_bytes",
+        "peak_bytes", "predicted_peak_bytes", "pred_error", "predict_peak"]
+    return d[cols].sort_values(A.with_fused(["backend", "optimizer", "strategy"], d))
 
 
 DECOMPOSITION_HEADERS = {
@@ -253,16 +255,40 @@ def _tradeoff_section(prepared: pd.DataFrame) -> list[str]:
     if trade.empty:
         return ["## Time vs memory\n", "_n/a: needs store_all and another strategy at the same configuration._\n"]
     trade = trade.assign(time=time_with_spread(trade))
-    cols = ["backend", "width", "depth", "batch", "optimizer", "strategy", "time", "time_overhead", "peak_bytes",
-            "peak_change", "activation_change"]
+    cols = A.with_fused(["backend", "width", "depth", "batch", "optimizer", "strategy"], trade) + [
+        "time", "time_overhead", "peak_bytes", "peak_change", "activation_change"]
     return ["## Time vs memory\n",
             "Relative to store_all at the same configuration: time per step (median [min–max] over timed steps); "
             "memory measured, changes signed (a saving is negative).\n\n",
             md_table(trade[cols], {"time_overhead": "pct", "peak_change": "pct", "activation_change": "pct",
-                                   "peak_bytes": "mib"},
+                                   "peak_bytes": "mib", "fused": "flag"},
                      {"time": "time (s) median [min–max]", "time_overhead": "time vs store_all (%)",
                       "peak_bytes": "peak (MiB, measured)", "peak_change": "peak vs store_all (%)",
                       "activation_change": "activation vs store_all (%)"})]
+
+
+FUSED_HEADERS = {"peak_source": "measured by", "unfused_peak": "unfused peak (MiB, measured)",
+                 "fused_peak": "fused peak (MiB, measured)", "fused_predicted": "fused peak (MiB, predicted)",
+                 "fused_error": "fused measured vs predicted (%)",
+                 "unfused_grads_at_peak": "gradients at unfused peak (MiB, counted)",
+                 "fused_grads_at_peak": "gradients at fused peak (MiB, counted)",
+                 "saving": "fused vs unfused peak (%)", "fused_activation": "fused activations (MiB)"}
+
+
+def _fused_section(prepared: pd.DataFrame) -> list[str]:
+    table = A.fused_comparison(prepared)
+    if table.empty:
+        return []
+    mib = {c: "mib" for c in ("unfused_peak", "fused_peak", "fused_predicted", "unfused_grads_at_peak",
+                              "fused_grads_at_peak", "fused_activation")}
+    return ["## Fused optimizer step\n",
+            "Each stage's update applied right after its backward and its gradient released (numpy: `Update(i)` "
+            "actions; torch: `ckpt.torch.fused.fuse_optimizer`), beside the same configuration updated after the "
+            "backward. Gradients at the peak: the executor's ledger (numpy) or torch's allocator marks, each "
+            "gradient's release by the fused step marked too. The prediction is `ckpt.predict_memory(..., "
+            "fused=True)` plus the optimizer state.\n\n",
+            md_table(table.drop(columns=["device", "dtype"]), {**mib, "fused_error": "pct", "saving": "pct"},
+                     FUSED_HEADERS)]
 
 
 def _errors_section(prepared: pd.DataFrame) -> list[str]:
@@ -279,6 +305,12 @@ def _errors_section(prepared: pd.DataFrame) -> list[str]:
                                              "predicted_peak_bytes": "mib", "pred_error": "pct"}, headers)]
 
 
+def status_counts(df: pd.DataFrame, failed: pd.DataFrame) -> str:
+    """'40 ok, 2 refused, 1 oom': rows per status (refused rows were predicted not to fit and never ran)."""
+    counts = failed["status"].value_counts() if "status" in failed else pd.Series(dtype=int)
+    return ", ".join([f"{len(df) - len(failed)} ok"] + [f"{n} {status}" for status, n in counts.items()])
+
+
 def render(df: pd.DataFrame, env: dict | None = None, plots: dict | None = None, name: str = "sweep",
            command: str | None = None) -> str:
     """The report's markdown, from a raw results frame (any statuses, any grid) and its environment."""
@@ -287,28 +319,31 @@ def render(df: pd.DataFrame, env: dict | None = None, plots: dict | None = None,
     parts = [f"# Memory of training vs prediction — `{name}`\n", environment_section(env or {})]
     if command:
         parts.append(f"Reproduce: `{command}`\n")
-    parts += [f"{len(df)} rows: {len(df) - len(failed)} ok, {len(failed)} failed.\n", "## Summary\n",
+    parts += [f"{len(df)} rows: {status_counts(df, failed)}.\n", "## Summary\n",
               summary_section(prepared), "## Targets\n",
               "Each claim on the rows it is about, with the meter that measured them; "
               "\"n/a\" where this grid cannot decide it.\n\n",
               md_table(A.targets(prepared)),
               "## Where the bytes go: training peak decomposed\n", SECTIONS_NOTE,
               md_table(_decomposition_rows(prepared), {c: "mib" for c in DECOMPOSITION_HEADERS if c not in
-                                                       ("peak_source", "pred_error")} | {"pred_error": "pct"},
+                                                       ("peak_source", "pred_error")} | {"pred_error": "pct",
+                                                                                        "fused": "flag"},
                        DECOMPOSITION_HEADERS)]
     ratio = A.train_predict_ratio(prepared)
     parts += ["## Train / predict ratio (measured)\n",
               md_table(ratio.drop(columns=["device", "dtype"]),
-                       {"peak_bytes": "mib", "predict_peak_bytes": "mib", "ratio": "ratio", "ratio_with_params": "ratio"},
+                       {"peak_bytes": "mib", "predict_peak_bytes": "mib", "ratio": "ratio", "ratio_with_params": "ratio",
+                        "fused": "flag"},
                        {"peak_bytes": "train peak (MiB)", "predict_peak_bytes": "predict peak (MiB)",
                         "ratio": "train / predict", "ratio_with_params": "with parameters"})]
-    parts += _fits_section(prepared) + _errors_section(prepared) + _tradeoff_section(prepared)
+    parts += _fused_section(prepared) + _fits_section(prepared) + _errors_section(prepared) + _tradeoff_section(prepared)
     if plots:
         parts.append("## Plots\n")
         parts += [f"### {title}\n\n![{title}]({Path(p).name})\n" for title, p in plots.items()]
     if len(failed):
         cols = [c for c in A.CONFIG + ["status", "error"] if c in failed]
-        parts += ["## Failed configurations\n", md_table(failed[cols])]
+        parts += ["## Configurations not measured\n", "`refused`: the pre-run memory check predicted that it "
+                  "would not fit (not run); `oom`, `error`, `timeout`: it ran and failed.\n\n", md_table(failed[cols])]
     parts += ["## How this was measured\n", METHOD_NOTE]
     return "\n".join(parts)
 

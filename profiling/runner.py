@@ -17,7 +17,15 @@ status         meaning
 ``oom``        MemoryError / CUDA or torch CPU allocator out-of-memory, or killed by SIGKILL (the OOM killer)
 ``error``      any other exception or crash; ``error`` holds its text
 ``timeout``    still running after ``timeout`` seconds; killed
+``refused``    not run: the predicted bytes exceed what the child may use (``memcheck``)
 =============  ==========================================================
+
+With ``memcheck`` (the default) the child compares, before building anything, the memory
+model's bytes for the configuration (parameters, inputs and the step's predicted peak with
+the optimizer state: ``workloads.needed_bytes``) with what it may use
+(``ckpt.memcheck``: free memory, its address-space limit, a cgroup's limit, CUDA free
+memory) and refuses with both numbers and the cheapest strategy that would fit, instead of
+an ``oom`` half-way.
 
 The child dies with its parent (``PR_SET_PDEATHSIG``: a ``kill -9`` of the sweep leaves no
 orphan) and, with ``memory_limit_mb``, may add at most that much address space after its imports
@@ -43,10 +51,12 @@ import time
 import traceback
 from pathlib import Path
 
+from ckpt.memcheck import InsufficientMemoryError
+
 from .config import Config, load_plugins, validate
 from .environment import cpu_model
 from .meters import Meters, meters_for, primary_figure
-from .workloads import build, impl_of, predicted, time_steps
+from .workloads import build, impl_of, needed_bytes, predicted, time_steps
 
 MARK = "PROFILING-ROW "
 MMAP_THRESHOLD = "32768"     # 32 KiB: a 128-wide float32 activation of batch 128 (64 KiB) is mapped too
@@ -86,8 +96,34 @@ def limit_address_space(extra_mb: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
 
+def check_memory(c: Config) -> None:
+    """Raise ``InsufficientMemoryError`` (both numbers, the cheapest fitting strategy) when c cannot fit here."""
+    from ckpt.memcheck import InsufficientMemoryError, check_fits
+    need, steps = needed_bytes(c)
+    what = f"configuration {c.key} (predicted: parameters, inputs, optimizer state and the step's peak)"
+    skip = "Run anyway with --no-memcheck (or memcheck = false in the sweep file's [run] table)"
+    try:
+        check_fits(need, device=c.device, what=what, skip=skip)
+    except InsufficientMemoryError:
+        check_fits(need, device=c.device, what=what, alternatives=_alternatives(c), steps=steps, skip=skip)
+
+
+def _alternatives(c: Config) -> list[tuple[str, int, int]]:
+    """(strategy, needed bytes, forward steps) of c run with each registered strategy that needs no options."""
+    import ckpt
+    from dataclasses import replace
+    rows = []
+    for name in ckpt.strategies():
+        try:
+            rows.append((name, *needed_bytes(replace(c, strategy=name, segments=None, slots=None, budget=None,
+                                                     options={}))))
+        except Exception:                                  # needs options (optimal's budget): not a candidate
+            continue
+    return rows
+
+
 def measure(c: Config, warmup: int = 1, iters: int = 3, budget_s: float = 2.0,
-            memory_limit_mb: int | None = None) -> dict:
+            memory_limit_mb: int | None = None, memcheck: bool = True) -> dict:
     """In this process: build c, meter one step, time more steps; the row's measured fields."""
     validate(c)
     where = _check_cuda_here(c)
@@ -95,6 +131,8 @@ def measure(c: Config, warmup: int = 1, iters: int = 3, budget_s: float = 2.0,
         import torch  # noqa: F401  (imported before the address-space limit: its libraries are large)
     _inject_fault()
     limit_address_space(memory_limit_mb)
+    if memcheck:
+        check_memory(c)
     w = build(c)
     w.warm_up()
     meters = Meters(meters_for(c.backend, c.device))
@@ -132,7 +170,7 @@ def child_main(argv: list[str]) -> int:
         load_plugins(opts.pop("plugins", []), [c.strategy])
         row = {"status": "ok", "error": "", **measure(c, **opts)}
     except Exception as e:                                   # every failure becomes a row
-        status = "oom" if is_oom(e) else "error"
+        status = "refused" if isinstance(e, InsufficientMemoryError) else "oom" if is_oom(e) else "error"
         row = {"status": status, "error": f"{type(e).__name__}: {e}",
                "traceback": traceback.format_exc(limit=6)}
     emit(row)
@@ -224,14 +262,15 @@ def run_forked(zygote, args: list[str], env: dict | None, threads: int | None, t
 
 def run_config(c: Config, timeout: float = 300.0, warmup: int = 1, iters: int = 3,
                budget_s: float = 2.0, threads: int | None = 1, env: dict | None = None,
-               memory_limit_mb: int | None = None, plugins: list[str] | tuple = (), zygote=None) -> dict:
+               memory_limit_mb: int | None = None, plugins: list[str] | tuple = (), memcheck: bool = True,
+               zygote=None) -> dict:
     """Measure c in a fresh process; a complete row (config, status, figures) whatever happens.
 
     With a ``zygote`` started for the same ``env`` and ``threads``, the process is forked from it (``launch``:
     "fork", no imports to repeat); otherwise it is started afresh ("exec").
     """
     opts = {"warmup": warmup, "iters": iters, "budget_s": budget_s, "memory_limit_mb": memory_limit_mb,
-            "plugins": list(plugins)}
+            "plugins": list(plugins), "memcheck": memcheck}
     args = [json.dumps(c.as_dict()), json.dumps(opts)]
     t0 = time.perf_counter()
     result, launch = run_forked(zygote, args, env, threads, timeout), "fork"

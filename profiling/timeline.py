@@ -118,8 +118,9 @@ def timelines(c: Config, strategies, backends=("numpy", "torch")) -> dict:
     configs = [(s, Config.from_dict({**c.as_dict(), "strategy": s, "mode": "train"})) for s in strategies]
     configs.append(("predict", Config.from_dict({**c.as_dict(), "strategy": "store_all", "mode": "predict",
                                                   "optimizer": "none"})))
+    for _, config in configs:
+        validate(config)                               # every one before any work
     for line, config in configs:
-        validate(config)
         out[line] = {"predicted": predicted_timeline(config)}
         if "numpy" in backends:
             out[line]["numpy"] = numpy_timeline(config)
@@ -206,9 +207,9 @@ def run(args) -> int:
     """Write ``timeline.png`` and ``timeline.csv`` for one configuration into ``args.out``; 0 on success."""
     c = validate(Config(backend="numpy", depth=args.depth, width=args.width, batch=args.batch, dtype=args.dtype,
                         optimizer=args.optimizer))
+    from .sweep import check_out
+    out = check_out(args.out)
     tl = timelines(c, args.strategy, tuple(args.backend))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     to_frame(tl).to_csv(out / "timeline.csv", index=False)
     print(f"timeline: {plot_timelines(tl, c, out / 'timeline.png')}")
     return 0

@@ -24,11 +24,13 @@ import time
 
 import numpy as np
 
+from ckpt.optim import OPTIMIZERS as OPTIMIZERS_NUMPY
+
 from .config import (BACKENDS, DEVICES, DTYPES, MODES, OPTIMIZERS, Config,  # noqa: F401  (re-exported)
                      known_strategies, validate)
 from .meters import mark_gradients
 
-STATE_SLOTS = {"none": 0, "sgd": 0, "momentum": 1, "adam": 2}   # state arrays per parameter
+STATE_SLOTS = {"none": 0, **{k: cls.slots for k, cls in OPTIMIZERS_NUMPY.items()}}   # state arrays per parameter
 
 
 def checkpointed_sequential():
@@ -60,56 +62,11 @@ def impl_of(c: Config) -> str | None:
 
 
 # ----------------------------------------------------------------- optimizers (numpy)
-# In place, no temporaries: the gradient buffer (discarded after the step) is the scratch.
 
-class NumpyOptimizer:
-    """SGD, momentum or Adam over a chain's parameters; state allocated at construction."""
-
-    def __init__(self, kind: str, params: list[dict], lr=1e-3, mu=0.9, betas=(0.9, 0.999), eps=1e-8):
-        self.kind, self.params, self.lr, self.mu, self.betas, self.eps = kind, params, lr, mu, betas, eps
-        self.t = 0
-        slots = STATE_SLOTS[kind]
-        self.state = [{k: [np.zeros_like(p) for _ in range(slots)] for k, p in d.items()} for d in params]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for d in self.state for arrays in d.values() for a in arrays)
-
-    def step(self, grads: list[dict]) -> None:
-        self.t += 1
-        for params, state, g in zip(self.params, self.state, grads):
-            for k, p in params.items():
-                getattr(self, "_" + self.kind)(p, g[k], *state[k])
-
-    def _none(self, p, g):
-        pass
-
-    def _sgd(self, p, g):
-        g *= self.lr
-        p -= g
-
-    def _momentum(self, p, g, v):
-        v *= self.mu                                    # v ← μ v + g;  p ← p − lr v
-        v += g
-        np.multiply(v, self.lr, out=g)
-        p -= g
-
-    def _adam(self, p, g, m, v):
-        b1, b2 = self.betas                             # Kingma & Ba 2015, Algorithm 1
-        m *= b1                                         # m ← β1 m + (1 − β1) g
-        g *= 1 - b1
-        m += g
-        g *= 1 / (1 - b1)
-        v *= b2                                         # v ← β2 v + (1 − β2) g²
-        np.multiply(g, g, out=g)
-        g *= 1 - b2
-        v += g
-        np.sqrt(v, out=g)                               # p ← p − lr m̂ / (√v̂ + ε)
-        g *= 1 / np.sqrt(1 - b2 ** self.t)
-        g += self.eps
-        np.divide(m, g, out=g)
-        g *= self.lr / (1 - b1 ** self.t)
-        p -= g
+def numpy_optimizer(kind: str, params: list[dict]):
+    """``ckpt.optim``'s optimizer called ``kind`` over ``params`` (its state allocated now); None for 'none'."""
+    import ckpt
+    return None if kind == "none" else ckpt.optim.make_optimizer(kind, params)
 
 
 # ----------------------------------------------------------------- numpy workload
@@ -125,7 +82,8 @@ class NumpyWorkload:
         self.x = rng.standard_normal((c.batch, c.width)).astype(c.dtype)
         self.y = rng.standard_normal((c.batch, c.width)).astype(c.dtype)
         n = c.depth
-        self.schedule = ckpt.forward_only(n) if c.mode == "predict" else ckpt.make_schedule(c.strategy, n, **c.strategy_options)
+        self.schedule = (ckpt.forward_only(n) if c.mode == "predict"
+                         else ckpt.make_schedule(c.strategy, n, fused=c.fused, **c.strategy_options))
         # repeated SGD steps on deep chains can diverge; memory and time do not depend on the values,
         # so a non-finite value is reported on stderr instead of failing the row
         self.backend = ckpt.NumpyBackend(self.model, nonfinite="warn")
@@ -142,10 +100,11 @@ class NumpyWorkload:
         if self.c.mode == "predict":
             self.stats = self.ckpt.execute(self.schedule, backend, self.x).stats
             return
-        opt = NumpyOptimizer(self.c.optimizer, self.model.params)
-        result = self.ckpt.execute(self.schedule, backend, self.x, self.y)
-        opt.step(result.grads)
-        self.stats, self.optimizer_bytes = result.stats, opt.nbytes
+        opt = backend.optimizer = numpy_optimizer(self.c.optimizer, self.model.params)
+        result = self.ckpt.execute(self.schedule, backend, self.x, self.y)     # fused: Update(i) steps opt
+        if opt is not None and not self.c.fused:
+            opt.step(result.grads)
+        self.stats, self.optimizer_bytes = result.stats, opt.nbytes if opt is not None else 0
 
     def warm_up(self) -> None:
         """One step on a 1-row batch: fills the interpreter's and numpy's one-time caches outside the region."""
@@ -159,8 +118,7 @@ class NumpyWorkload:
     def decomposition(self) -> dict:
         """Where the executor says the peak's bytes were (its ledger, counted on the real arrays)."""
         s, bd = self.stats, self.stats.peak_breakdown
-        return {"param_bytes": self.param_bytes,
-                "grad_bytes": self.param_bytes if self.c.mode == "train" else 0,
+        return {"param_bytes": self.param_bytes, "grad_bytes": gradient_bytes(self.c, [sum(p.nbytes for p in d.values()) for d in self.model.params]),
                 "optimizer_bytes": self.optimizer_bytes,
                 "grad_at_peak_bytes": bd.get("gradients", 0),
                 "saved_at_peak_bytes": bd.get("tapes", 0) + bd.get("checkpoints", 0),
@@ -232,7 +190,8 @@ class TorchWorkload:
         seq = torch.nn.Sequential(*layers).to(self.device, dtype)
         self.plain = seq
         if self.impl == "ckpt-torch":
-            seq = checkpointed_sequential()(seq, strategy=c.strategy, track_memory=True, **c.strategy_options)
+            seq = checkpointed_sequential()(seq, strategy=c.strategy, track_memory=True,  # the runner checked
+                                            memory_check=False, **c.strategy_options)
         self.model = seq
         self._marks = mark_gradients(self.plain.parameters()) if c.mode == "train" else []
         self.x = torch.randn(c.batch, c.width, device=self.device, dtype=dtype)
@@ -247,25 +206,41 @@ class TorchWorkload:
     def param_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.params)
 
-    def _optimizer(self):
-        torch, kind, ps = self.torch, self.c.optimizer, self.params
-        if kind == "sgd":
-            return torch.optim.SGD(ps, lr=1e-3)
-        if kind == "momentum":
-            return torch.optim.SGD(ps, lr=1e-3, momentum=0.9)
-        if kind == "adam":
-            return torch.optim.Adam(ps, lr=1e-3)
-        return None
+    def _optimizer_class(self):
+        """(torch.optim class, its hyper-parameters) of the config's optimizer; (None, {}) for 'none'."""
+        torch, kind = self.torch, self.c.optimizer
+        return {"sgd": (torch.optim.SGD, {"lr": 1e-3}),
+                "momentum": (torch.optim.SGD, {"lr": 1e-3, "momentum": 0.9}),
+                "adam": (torch.optim.Adam, {"lr": 1e-3})}.get(kind, (None, {}))
 
-    def _prime(self, opt) -> None:
-        """Materialise the optimizer's state with a zero-gradient step (parameters unchanged)."""
-        if opt is None or self.c.optimizer == "sgd":
+    def _optimizers(self):
+        """(every optimizer, those stepped after backward, handles to remove after the step).
+
+        Fused: ``ckpt.torch.fused.fuse_optimizer`` steps one optimizer per parameter inside
+        the backward; the allocator timeline then gets a release mark after each of those
+        steps, so ``torch_cpu_grad_at_peak`` counts only the gradients alive at the peak.
+        """
+        cls, hyper = self._optimizer_class()
+        if cls is None:
+            return [], [], []
+        if not self.c.fused:
+            opt = cls(self.params, **hyper)
+            return [opt], [opt], []
+        from ckpt.torch.fused import fuse_optimizer
+        fused = fuse_optimizer(self.plain, cls, **hyper)
+        handles = [fused, *mark_gradients(self.plain.parameters(), released=True)] if self._marks else [fused]
+        return list(fused.optimizers.values()), [], handles
+
+    def _prime(self, optimizers) -> None:
+        """Materialise the optimizers' state with a zero-gradient step (parameters unchanged)."""
+        if not optimizers or self.c.optimizer == "sgd":
             return
         for p in self.params:
             p.grad = self.torch.zeros_like(p)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        self.optimizer_bytes = sum(v.numel() * v.element_size() for s in opt.state.values()
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        self.optimizer_bytes = sum(v.numel() * v.element_size() for opt in optimizers for s in opt.state.values()
                                    for v in s.values() if self.torch.is_tensor(v) and v.dim() > 0)
 
     def _loss(self, x, y):
@@ -282,13 +257,17 @@ class TorchWorkload:
             return
         for p in self.params:
             p.grad = None
-        opt = self._optimizer()
-        self._prime(opt)
-        loss = self._loss(self.x, self.y)
-        loss.backward()
-        if opt is not None:
-            opt.step()
-        del loss
+        optimizers, after_backward, handles = self._optimizers()
+        try:
+            self._prime(optimizers)
+            loss = self._loss(self.x, self.y)
+            loss.backward()                             # fused: each parameter is updated in here
+            for opt in after_backward:
+                opt.step()
+            del loss
+        finally:
+            for h in handles:
+                h.remove()
         self._sync()
 
     def _sync(self) -> None:
@@ -329,7 +308,8 @@ class TorchWorkload:
         train = self.c.mode == "train"
         if train and self.saved_bytes is None:
             self.saved_bytes = self.count_saved()
-        out = {"param_bytes": self.param_bytes, "grad_bytes": self.param_bytes if train else 0,
+        stages = [sum(p.numel() * p.element_size() for p in m.parameters()) for m in self.plain]
+        out = {"param_bytes": self.param_bytes, "grad_bytes": gradient_bytes(self.c, stages),
                "optimizer_bytes": self.optimizer_bytes,
                "hooks_saved_bytes": self.saved_bytes if train else 0,
                "saved_at_peak_bytes": self.saved_bytes if train else 0}
@@ -338,10 +318,16 @@ class TorchWorkload:
             bd = stats.peak_breakdown or {}
             out.update(engine_peak_bytes=stats.peak_bytes, engine_activation_bytes=stats.peak_activation_bytes,
                        engine_saved_bytes=stats.peak_saved_bytes, forward_steps=stats.forward_steps)
-            if bd:
-                out.update(grad_at_peak_bytes=bd.get("gradients", 0),
-                           saved_at_peak_bytes=bd.get("tapes", 0) + bd.get("checkpoints", 0))
+            if bd:                                      # its backward hands gradients to autograd: the
+                out.update(saved_at_peak_bytes=bd.get("tapes", 0) + bd.get("checkpoints", 0))  # marks count them
         return out
+
+
+def gradient_bytes(c: Config, stage_bytes: list[int]) -> int:
+    """Most gradient bytes alive at once, from each stage's parameter bytes: all, or fused one stage's."""
+    if c.mode != "train":
+        return 0
+    return max(stage_bytes, default=0) if c.fused else sum(stage_bytes)
 
 
 def build(c: Config, seed: int = 0):
@@ -349,18 +335,38 @@ def build(c: Config, seed: int = 0):
     return NumpyWorkload(c, seed) if c.backend == "numpy" else TorchWorkload(c, seed)
 
 
+def shapes_only_mlp(c: Config):
+    """c's MLP (as ``NumpyWorkload`` builds it) with zero-stride parameters: its shapes, no memory."""
+    import ckpt
+    from ckpt.layers import activation
+    zeros = lambda *shape: np.broadcast_to(np.zeros((), c.dtype), shape)
+    acts = ["relu"] * (c.depth - 1) + ["identity"]                # ckpt.MLP's default output activation
+    stages = [ckpt.Dense(zeros(c.width, c.width), zeros(c.width), activation(a)) for a in acts]
+    return ckpt.Chain(stages, loss="mse", dtype=c.dtype)
+
+
 def predicted(c: Config) -> dict:
     """The engine's prediction for c (``ckpt.predict_memory``), plus the optimizer state it leaves out."""
     import ckpt
-    model = ckpt.MLP([c.width] * (c.depth + 1), activation="relu", loss="mse", dtype=c.dtype)
+    model = shapes_only_mlp(c)
     strategy = c.strategy if c.mode == "train" else "store_all"
     options = c.strategy_options if c.mode == "train" else {}
-    s = ckpt.predict_memory(model, strategy, batch=c.batch, mode=c.mode, **options)
+    s = ckpt.predict_memory(model, strategy, batch=c.batch, mode=c.mode, fused=c.fused and c.mode == "train",
+                            **options)
     params = sum(p.nbytes for d in model.params for p in d.values())
     opt = STATE_SLOTS[c.optimizer] * params if c.mode == "train" else 0
     return {"predicted_peak_bytes": s.peak_bytes + opt,
             "predicted_activation_bytes": s.peak_activation_bytes,
-            "predicted_saved_bytes": s.peak_saved_bytes}
+            "predicted_saved_bytes": s.peak_saved_bytes,
+            "predicted_forward_steps": s.forward_steps}
+
+
+def needed_bytes(c: Config) -> tuple[int, int]:
+    """(bytes c needs in all: parameters, x, y and the predicted peak; its forward steps), from the memory model."""
+    params = c.depth * (c.width + 1) * c.width * np.dtype(c.dtype).itemsize
+    inputs = 2 * c.batch * c.width * np.dtype(c.dtype).itemsize
+    p = predicted(c)
+    return params + inputs + p["predicted_peak_bytes"], p["predicted_forward_steps"]
 
 
 def time_steps(workload, warmup: int, iters: int, budget_s: float) -> list[float]:

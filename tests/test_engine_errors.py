@@ -1,5 +1,7 @@
 """Bad input to the engine: each a clear error that says what was wrong and what is allowed."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -322,3 +324,68 @@ def test_model_must_be_a_chain_everywhere():
 def test_memory_check_must_be_a_bool(model):
     with pytest.raises(TypeError, match="memory_check must be True or False, got 'no'"):
         ckpt.gradients(model, *data(), memory_check="no")
+
+
+# ------------------------------------------------------------------ found by trying the public API as a user
+
+
+@pytest.mark.parametrize("strategy, option, example", [("revolve", "slots", "slots=8"),
+                                                        ("optimal", "budget_bytes", "budget_bytes='512MiB'")])
+def test_a_strategy_without_its_required_option_names_it(model, strategy, option, example):
+    x, y = data()
+    with pytest.raises(TypeError, match=rf"strategy '{strategy}' needs the option\(s\) '{option}' "
+                                        rf"\(e.g. {re.escape(example)}\); none given"):
+        ckpt.gradients(model, x, y, strategy)
+    with pytest.raises(TypeError, match=rf"'{strategy}' needs the option\(s\) '{option}'"):
+        ckpt.predict_memory(model, strategy, batch=2)
+
+
+def test_gradients_has_no_fused_step(model):
+    x, y = data()
+    with pytest.raises(TypeError, match=r"gradients returns the gradients, so it has no fused optimizer step; "
+                                        r"use ckpt.train_step\(model, x, y, optimizer, strategy, fused=True\)"):
+        ckpt.gradients(model, x, y, fused=True)
+
+
+def test_prediction_has_no_fused_step(model):
+    with pytest.raises(ValueError, match=r"fused=True fuses the optimizer step .* prediction \(mode='predict'\) "
+                                         r"has neither: leave fused=False"):
+        ckpt.predict_memory(model, "store_all", batch=2, mode="predict", fused=True)
+
+
+@pytest.mark.parametrize("planner", [ckpt.optimal, ckpt.chen_greedy])
+@pytest.mark.parametrize("profile", [None, 8, "profile.json"])
+def test_planners_need_a_profile(planner, profile):
+    with pytest.raises(TypeError, match=rf"planners: {planner.__name__} plans from a ckpt.Profile .* got "):
+        planner(profile, 10**6)
+
+
+def test_register_strategy_refuses_reserved_names_and_odd_arguments():
+    with pytest.raises(ValueError, match=r"'all' is reserved .* register yours under another name"):
+        ckpt.register_strategy("all", ckpt.recompute)
+    with pytest.raises(ValueError, match=r"'forward_only' is reserved"):
+        ckpt.register_strategy("forward_only", ckpt.recompute)
+    with pytest.raises(TypeError, match=r"replace must be True or False, got 'yes'"):
+        ckpt.register_strategy("mine", ckpt.recompute, replace="yes")
+    with pytest.raises(TypeError, match=r"strategy 'no_depth' must take the number of stages n .* it takes none"):
+        ckpt.register_strategy("no_depth", lambda: None)
+    assert "mine" not in ckpt.strategies() and "no_depth" not in ckpt.strategies()
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "a", True])
+def test_mlp_seed_must_be_a_natural_number(seed):
+    with pytest.raises(ValueError, match=rf"chain: seed must be an int ≥ 0 or None \(fresh randomness\), got "
+                                         rf"{re.escape(repr(seed))}"):
+        ckpt.MLP([4, 4], seed=seed)
+
+
+def test_mlp_memory_check_is_a_bool_and_cross_entropy_needs_two_classes():
+    with pytest.raises(TypeError, match=r"chain: memory_check must be True or False, got 'no'"):
+        ckpt.MLP([4, 4], memory_check="no")
+    with pytest.raises(ValueError, match=r"cross_entropy needs ≥ 2 outputs \(one per class\), got 1; "
+                                         r"for one output use loss='mse'"):
+        ckpt.MLP([4, 1], loss="cross_entropy")
+
+
+def test_more_sqrt_n_segments_than_stages_is_one_stage_per_segment():
+    assert ckpt.make_schedule("sqrt_n", 4, segments=99) == ckpt.make_schedule("sqrt_n", 4, segments=4)

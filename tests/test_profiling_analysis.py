@@ -83,3 +83,31 @@ def test_a_claim_on_sub_mib_rss_peaks_is_not_decided():
     big = torch_rows.assign(peak_bytes=torch_rows["peak_bytes"] * 2 ** 10)
     claims = A.targets(A.prepare(big)).set_index("claim")["met"]
     assert claims["predict peak flat in depth (log-log slope, torch)"] == True  # noqa: E712
+
+
+def fused_twin(df: pd.DataFrame) -> pd.DataFrame:
+    """df plus, for each training row, the same configuration fused: gradients gone from its peak."""
+    train = df[df["mode"] == "train"]
+    act = train["engine_activation_bytes"]
+    fused = train.assign(fused=True, peak_bytes=act, tracemalloc_peak=act, grad_at_peak_bytes=0.0,
+                         predicted_peak_bytes=act * 1.02, key=train["key"] + "|fused")
+    return pd.concat([df.assign(fused=False), fused], ignore_index=True)
+
+
+def test_fused_rows_are_compared_with_their_unfused_twin():
+    prepared = A.prepare(fused_twin(synthetic_frame()))
+    table = A.fused_comparison(prepared)
+    one = table[(table["strategy"] == "sqrt_n") & (table["depth"] == 16) & (table["batch"] == 64)].iloc[0]
+    assert one["fused_peak"] == pytest.approx(4096 * 16 ** 0.5) and one["fused_grads_at_peak"] == 0
+    assert one["unfused_peak"] == pytest.approx(4096 * 4 + 16000) and one["unfused_grads_at_peak"] == 16000
+    assert one["fused_error"] == pytest.approx(-0.02 / 1.02) and one["saving"] < 0
+    assert len(table) == 3 * 7                                     # every training row has its twin
+
+
+def test_fused_and_unfused_rows_are_never_mixed_in_a_comparison():
+    prepared = A.prepare(fused_twin(synthetic_frame()))
+    trade = A.tradeoff(prepared)
+    fused_sqrt = trade[(trade["strategy"] == "sqrt_n") & trade["fused"] & (trade["depth"] == 64)].iloc[0]
+    assert fused_sqrt["peak_change"] == pytest.approx(64 ** 0.5 / 64 - 1)      # against fused store_all only
+    assert "fused" in A.train_predict_ratio(prepared)
+    assert A.fused_comparison(A.prepare(synthetic_frame())).empty               # no fused rows: no table

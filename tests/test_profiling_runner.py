@@ -29,6 +29,17 @@ def test_memory_error_is_an_oom_row():
     assert row["status"] == "oom" and "MemoryError" in row["error"]
 
 
+def test_a_configuration_that_cannot_fit_is_refused_before_it_runs():
+    # depth 32, width 64, batch 4096, float64, momentum: store_all needs 72.1 MiB in all, sqrt_n 30.3 MiB (predicted)
+    big = Config(depth=32, width=64, batch=4096, dtype="float64", optimizer="momentum")
+    row = run_config(big, memory_limit_mb=45, iters=1)
+    assert row["status"] == "refused", row.get("error")
+    assert "InsufficientMemoryError: memcheck: configuration depth=32|width=64|batch=4096" in row["error"]
+    assert ("needs 72.1 MiB (75,596,800 B), but this process may use 45.0 MiB (47,185,920 B, RLIMIT_AS − VmSize); "
+            "sqrt_n would fit (30.3 MiB, 58 forward steps vs 32)") in row["error"]
+    assert "--no-memcheck" in row["error"] and "peak_bytes" not in row            # never started
+
+
 def test_timeout_is_a_row():
     row = run_config(TINY, timeout=2, env={"CKPT_PROFILE_FAULT": "hang"})
     assert row["status"] == "timeout" and "2 s" in row["error"]

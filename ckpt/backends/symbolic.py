@@ -37,7 +37,23 @@ class SymbolicArray:
         return len(self.shape)
 
 
-class SymbolicBackend(ChainBackend):
+class BytesOnly:
+    """What the two counting backends share: values stand for storages, updates allocate nothing."""
+
+    def check_can_update(self) -> None:
+        """A fused schedule needs no optimizer here: ``Update`` only drops the gradients."""
+
+    def update(self, i, grads):
+        """Optimizer state is resident (like parameters) and updates work in place: nothing allocated."""
+
+    def storage(self, value):
+        return id(value)
+
+    def nbytes(self, value):
+        return value.nbytes
+
+
+class SymbolicBackend(BytesOnly, ChainBackend):
     """Runs a ``ckpt.Chain`` on ``SymbolicArray`` values: no arithmetic, exact byte counts."""
 
     def __init__(self, chain):
@@ -63,17 +79,6 @@ class SymbolicBackend(ChainBackend):
         grads = {k: SymbolicArray(p.shape, self.chain.dtype) for k, p in self.stage(i).params.items()}
         return SymbolicArray(self._in_shapes[i], self.chain.dtype), grads
 
-    def check_can_update(self) -> None:
-        """A fused schedule needs no optimizer here: ``Update`` only drops the gradients."""
-
-    def update(self, i, grads):
-        """Optimizer state is resident (like parameters) and updates work in place: nothing allocated."""
-
-    def storage(self, value):
-        return id(value)
-
-    def nbytes(self, value):
-        return value.nbytes
 
 
 def _token(nbytes: int) -> SymbolicArray:
@@ -81,7 +86,7 @@ def _token(nbytes: int) -> SymbolicArray:
     return SymbolicArray((nbytes,), np.uint8)
 
 
-class ProfileBackend:
+class ProfileBackend(BytesOnly):
     """Runs any chain described by a ``ckpt.Profile``: values are byte tokens, tapes share storages.
 
     A tape holds its input x_{i-1} and output x_i themselves (the same tokens as
@@ -117,12 +122,6 @@ class ProfileBackend:
     def backward(self, i, tape, delta):
         grads = {"params": _token(self.profile.stage(i).grad_bytes)}
         return _token(self.profile.activation_bytes(i - 1)), grads
-
-    def storage(self, value):
-        return id(value)
-
-    def nbytes(self, value):
-        return value.nbytes
 
     def temp_bytes(self, action, operand, y=None) -> int:
         if isinstance(action, (Forward, ForwardTape)):

@@ -545,6 +545,9 @@ class ChainRunner:
 
     def __init__(self, blocks, strategy="sqrt_n", preserve_rng_state: bool = True,
                  track_memory: bool = False, schedule_fn=None, **options):
+        for name, flag in (("preserve_rng_state", preserve_rng_state), ("track_memory", track_memory)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"ckpt.torch: {name} must be True or False, got {flag!r}")
         self.blocks = blocks                 # callables, in call order (for resident bytes and norms)
         self.strategy, self.options = strategy, options
         self.schedule_fn = schedule_fn

@@ -24,6 +24,7 @@ from ..executor import Stats
 from ..schedule import Schedule
 from ..strategies import every_segment
 from .backend import ChainRunner, CheckpointError  # noqa: F401 (re-exported)
+from .memcheck import MemoryGuard
 
 
 class _Stage(nn.Module):
@@ -82,11 +83,14 @@ class CheckpointedSequential(nn.Sequential):
     ``nn.Sequential``.  After each forward, ``last_stats`` holds the executor's
     step counts (complete once the backward has run) and, with
     ``track_memory=True``, its byte peaks (saved bytes as torch keeps them).
+    The first training call per input shape is refused (``InsufficientMemoryError``) when
+    its predicted peak does not fit (``ckpt.torch.memcheck``; ``memory_check=False``: not checked).
     """
 
     def __init__(self, modules, strategy="sqrt_n", preserve_rng_state: bool = True,
-                 track_memory: bool = False, **options):
+                 track_memory: bool = False, memory_check: bool = True, **options):
         super().__init__(_as_modules(modules))
+        self._memory = MemoryGuard(memory_check, strategy, options)
         self._runner = ChainRunner(list(self._modules.values()), strategy, preserve_rng_state,
                                    track_memory, **options)
         self.strategy, self.options = strategy, options
@@ -104,10 +108,14 @@ class CheckpointedSequential(nn.Sequential):
 
     def forward(self, *inputs):
         """x_n for input(s) x_0 (several inputs arrive at stage 1 as one tuple)."""
+        if not inputs:
+            raise TypeError("ckpt.torch: CheckpointedSequential needs an input x_0 (model(x)), got none")
         x = inputs[0] if len(inputs) == 1 else inputs
         stages = list(self._modules.values())
         if len(self._runner.blocks) != len(stages):
             self._runner.reset(stages)
+            self._memory.checked.clear()
+        self._memory.check_chain(stages, x)
         return _run_chain(self._runner, stages, x)
 
     def extra_repr(self) -> str:
@@ -154,8 +162,9 @@ class CheckpointHandle:
     Also a context manager: checkpointing ends when the ``with`` block does.
     """
 
-    def __init__(self, blocks: list, strategy, preserve_rng_state, track_memory, options):
+    def __init__(self, blocks: list, strategy, preserve_rng_state, track_memory, options, memory_check=True):
         self.blocks = blocks
+        self.memory = MemoryGuard(memory_check, strategy, options)
         self.runner = ChainRunner(blocks, strategy, preserve_rng_state, track_memory, **options)
         self._step = None
         for k, block in enumerate(blocks, start=1):
@@ -179,6 +188,7 @@ class CheckpointHandle:
     def call(self, k: int, forward, args, kwargs):
         """Block k's output: the chain's first sweep when grad is on, plain otherwise."""
         if k == 1:
+            self.memory.check_blocks(self.blocks, forward, args, kwargs)
             self._step = self.runner.start()
         step = self._step
         if step is None:
@@ -215,7 +225,11 @@ def _blocks_of(modules) -> list:
         raise TypeError(f"ckpt.checkpoint_modules: expected the blocks to checkpoint (an nn.ModuleList, "
                         f"nn.Sequential or list of modules, e.g. model.transformer.h), got a "
                         f"{type(modules).__name__}")
-    blocks = list(modules)
+    try:
+        blocks = list(modules)
+    except TypeError:
+        raise TypeError(f"ckpt.checkpoint_modules: expected the blocks to checkpoint (an nn.ModuleList, "
+                        f"nn.Sequential or list of modules), got {type(modules).__name__}") from None
     if not blocks or not all(isinstance(b, nn.Module) for b in blocks):
         raise TypeError("ckpt.checkpoint_modules: expected a non-empty list of nn.Module blocks, got "
                         f"{[type(b).__name__ for b in blocks]}")
@@ -225,14 +239,16 @@ def _blocks_of(modules) -> list:
 
 
 def checkpoint_modules(modules, strategy="sqrt_n", preserve_rng_state: bool = True,
-                       track_memory: bool = False, **options) -> CheckpointHandle:
+                       track_memory: bool = False, memory_check: bool = True, **options) -> CheckpointHandle:
     """Checkpoint the listed blocks of an existing model in place; the model's forward is unchanged.
 
     The blocks, in the order the model calls them, form the chain the schedule plans
     over; they may take any arguments and return any pytree.  Undo with
-    ``handle.remove()``, ``ckpt.remove_checkpointing(model)`` or ``with``.
+    ``handle.remove()``, ``ckpt.remove_checkpointing(model)`` or ``with``.  The first
+    training call per input shape is checked against the memory the device has
+    (``ckpt.torch.memcheck``: alike blocks only; ``memory_check=False``: not checked).
     """
-    return CheckpointHandle(_blocks_of(modules), strategy, preserve_rng_state, track_memory, options)
+    return CheckpointHandle(_blocks_of(modules), strategy, preserve_rng_state, track_memory, options, memory_check)
 
 
 def remove_checkpointing(model_or_modules) -> int:
