@@ -166,7 +166,7 @@ class BudgetPlans:
         key = None if self.given is not None else signature(x)
         plan = self.plans.get(key)
         if plan is None:
-            profile = _profile_in_isolation(stages, x)
+            profile = profile_in_isolation(stages, x)
             plan = self.plans[key] = (profile, self._optimal(profile))
         if plan is not self.current:
             self.current = plan
@@ -208,7 +208,7 @@ def signature(x) -> tuple:
                  else type(t) for t in items(x))
 
 
-def _profile_in_isolation(stages: list, x) -> Profile:
+def profile_in_isolation(stages: list, x) -> Profile:
     """``Profile.from_torch`` leaving no trace: parameter gradients, buffers and the RNG as they were."""
     import torch
     params = [p for s in stages if isinstance(s, nn.Module) for p in s.parameters()]
