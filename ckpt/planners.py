@@ -368,6 +368,24 @@ class _BudgetPlanner(_Planner):
             known.add(answer[1] - g, hi - g, (answer[0], answer[1] - g, answer[2]))
         return answer, hi
 
+    def floor(self, a, b, pinned, pending, m):
+        """(t, up): every plan of (a, b) within any budget up to ``up`` (≥ m) takes at least t (no search)."""
+        pinned = pinned or a == 0
+        known = self.known.get((self.content[a][b], pinned, pending))
+        fastest = self.FB[b] - self.FB[a] + (self.loss_time if pending else 0)
+        if known is None:
+            return fastest, math.inf
+        g = self.G[b]
+        rel = m - g
+        if rel <= known.infeasible:
+            return math.inf, known.infeasible + g
+        k = bisect.bisect_right(known.lo, rel) - 1
+        if k >= 0 and known.hi[k] >= rel:
+            return known.answers[k][0], known.hi[k] + g
+        if k + 1 < len(known.lo):
+            return known.answers[k + 1][0], known.hi[k + 1] + g
+        return fastest, math.inf
+
     def _best(self, a, b, pinned, pending, m, start, floor):
         """``best`` without the memo; ``floor`` = (time, hi) of the answer at the next larger known budget.
 
@@ -411,6 +429,12 @@ class _BudgetPlanner(_Planner):
             if base + cur + fw > m:
                 limit = min(limit, base + cur + fw - 1)
                 break                                     # the forward alone no longer fits, nor for larger c
+            if best is not None:                          # lower bounds from answers known already: skip
+                low_left, up_left = self.floor(a, c, pinned, False, m)
+                low_right, up_right = self.floor(c, b, False, pending, m - cur)
+                if forward_time + low_left + low_right >= best[0]:
+                    limit = min(limit, up_left, up_right + cur)
+                    continue
             left, hi = self.best(a, c, pinned, False, m)
             limit = min(limit, hi)
             if left is None:
