@@ -213,7 +213,8 @@ def report(frame, out: Path, args, started) -> None:
     frame.to_csv(out / "results.csv", index=False)
     plot(frame, out / "pareto.png")
     lines = ["# Trade-off: memory vs time of every strategy", "",
-             f"Command: `PYTHONPATH=. python scripts/tradeoff.py --repeats {args.repeats} --out {args.out}` "
+             f"Command: `PYTHONPATH=. python scripts/tradeoff.py --repeats {args.repeats} "
+             f"--numpy-repeats {args.numpy_repeats} --out {args.out}` "
              f"({started}; load average {args.load_at_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the "
              "end (1-minute `uptime` figures) on a shared 2-core machine: timings are noisy, "
              "compare within a chain only).", "",
@@ -241,7 +242,8 @@ def main() -> int:
     """Measure every chain and write the report."""
     import pandas as pd
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=15, help="timed steps per strategy on torch")
+    parser.add_argument("--numpy-repeats", type=int, default=5, help="timed steps per strategy on numpy")
     parser.add_argument("--out", default="reports/tradeoff")
     parser.add_argument("--skip-torch", action="store_true")
     args = parser.parse_args()
@@ -251,7 +253,7 @@ def main() -> int:
     args.load_at_start = os.getloadavg()[0]
     rows = []
     for name, sizes in NUMPY_CHAINS.items():
-        rows += numpy_rows(name, sizes, args.repeats)
+        rows += numpy_rows(name, sizes, args.numpy_repeats)
         print(f"numpy {name}: done", flush=True)
     if not args.skip_torch:
         import torch
