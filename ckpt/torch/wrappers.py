@@ -1,6 +1,7 @@
 """Checkpointing for real torch models: any strategy's schedule, on autograd's own graph.
 
     model = ckpt.CheckpointedSequential(nn.Sequential(*blocks), strategy="sqrt_n")
+    model = ckpt.CheckpointedSequential(blocks, budget="6GiB")   # optimal, planned per input signature
     y = ckpt.checkpoint_sequential(blocks, segments=4, input=x)       # torch's call shape
     with ckpt.checkpoint_modules(model.transformer.h, strategy="sqrt_n"):   # in place, undoable
         loss = model(ids, labels=ids).loss
