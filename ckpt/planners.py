@@ -185,7 +185,7 @@ class _Planner:
                 fw = max(fw, X[c - 1] + self.f[c])
             right = self.solve(c, b, False, pending)
             left = self.solve(a, c, pinned, False)
-            options += _combine(base + cur + fw, cur, right, left, self.Fsum[c] - self.Fsum[a], c)
+            options += _combine(base + cur + fw, cur, right, left, self.Fsum[c] - self.Fsum[a], c - a)
         return options
 
     def _tape(self, a, b, pinned, pending, base, cur):
@@ -219,22 +219,23 @@ class _Planner:
             self.actions(a + 1, b, self.kout[a + 1], pending, plan[1][2], out)
             out.append(Backward(a + 1))
         elif kind == "ckpt":
-            _, c, right, left = plan
+            _, split, right, left = plan
+            c = a + split
             out += [Save(a), *(Forward(i) for i in range(a + 1, c + 1))]
             self.actions(c, b, False, pending, right[2], out)
             out += [Load(a), Free(a)]
             self.actions(a, c, pinned, False, left[2], out)
 
 
-def _combine(forward_peak, held, right: list, left: list, forward_time: float, c: int) -> list:
-    """Frontier of 'forward to c, solve right (holding ``held``), then solve left': a two-pointer merge."""
+def _combine(forward_peak, held, right: list, left: list, forward_time: float, split: int) -> list:
+    """Frontier of 'forward to a + split, solve right (holding ``held``), then solve left': a two-pointer merge."""
     out, i, j = [], 0, 0
     while True:
         r, l = right[i], left[j]
         peak = max(forward_peak, held + r[0], l[0])
         time = forward_time + r[1] + l[1]
         if not out or time < out[-1][1]:
-            entry = (peak, time, ("ckpt", c, r, l))
+            entry = (peak, time, ("ckpt", split, r, l))
             if out and out[-1][0] == peak:
                 out[-1] = entry
             else:
@@ -279,16 +280,16 @@ class _Intervals:
         self.infeasible, self.lo, self.hi, self.answers = -1, [], [], []
 
     def add(self, lo, hi, answer) -> None:
-        """Record ``answer`` for [lo, hi] (hi lies in no known interval; overlaps share its time)."""
+        """Record ``answer`` (peak ``lo``) as optimal on [lo, hi]; intervals it overlaps share its time: merge."""
         k = bisect.bisect_left(self.lo, lo)
-        while k < len(self.lo) and self.hi[k] <= hi:          # intervals inside [lo, hi]
-            del self.lo[k], self.hi[k], self.answers[k]
-        if k and self.hi[k - 1] >= lo:                        # overlaps the one below: same time, keep its plan
-            self.hi[k - 1] = hi
-            return
-        self.lo.insert(k, lo)
-        self.hi.insert(k, hi)
-        self.answers.insert(k, answer)
+        if k and self.hi[k - 1] >= lo:                        # the one below reaches in: its plan has the lower peak
+            k -= 1
+            lo, answer = self.lo[k], self.answers[k]
+        j = k
+        while j < len(self.lo) and self.lo[j] <= hi:
+            hi = max(hi, self.hi[j])
+            j += 1
+        self.lo[k:j], self.hi[k:j], self.answers[k:j] = [lo], [hi], [answer]
 
 
 class _BudgetPlanner(_Planner):
@@ -308,6 +309,7 @@ class _BudgetPlanner(_Planner):
         for i in range(1, n + 1):
             self.FB.append(self.FB[-1] + self.F[i] + self.Bt[i])
         self.known = {}
+        self.content = self._content_ids()
         # Backward(i) holds at least δ_i, finished gradients, its tape and its transient:
         # a lower bound on the peak of any sub-problem containing stage i (input x_{i-1} counted
         # only when it is produced inside the sub-problem: i − 1 > a).
@@ -320,6 +322,26 @@ class _BudgetPlanner(_Planner):
                 run = max(run, at[b])
                 self.inner_bound[a][b] = run
 
+    def _content_ids(self) -> list[list[int]]:
+        """content[a][b]: one id per distinct sub-problem content (x_a's bytes and stages a+1..b's costs).
+
+        Sub-problems with equal content have equal answers once budgets and
+        peaks are taken relative to G[b] (the gradients of stages after b, held
+        throughout), so repeated blocks share their work.  Ids are interned
+        incrementally: content[a][b] from content[a][b−1] and stage b's costs.
+        """
+        intern, n = {}, self.n
+        stage = [intern.setdefault(("stage", self.X[i], self.f[i], self.r[i], self.kin[i], self.kout[i], self.own[i],
+                                    self.F[i], self.Bt[i], self.G[i - 1] - self.G[i]), len(intern))
+                 for i in range(n + 1)]
+        content = []
+        for a in range(n + 1):
+            row = [intern.setdefault(("start", self.X[a]), len(intern))]
+            for b in range(a + 1, n + 1):
+                row.append(intern.setdefault((row[-1], stage[b]), len(intern)))
+            content.append([None] * a + row)
+        return content
+
     def _peak_bound(self, a, b, pinned, base, cur) -> int:
         """A lower bound on the peak of every plan of (a, b): its first forward and its backwards."""
         i = a + 1
@@ -328,64 +350,113 @@ class _BudgetPlanner(_Planner):
         return max(base + cur + self.f[i], first, self.inner_bound[a][b])
 
     def best(self, a, b, pinned, pending, m):
-        """(time, peak, plan) of the fastest plan of (a, b) within budget m, or None."""
+        """(answer, hi): the fastest plan (time, peak, plan) of (a, b) within budget m, or None; the same
+        answer holds for every budget up to hi (so one solve answers a whole step of the budget)."""
         pinned = pinned or a == 0
-        key = (a, b, pinned, pending)
+        key = (self.content[a][b], pinned, pending)
         known = self.known.get(key)
         if known is None:
             known = self.known[key] = _Intervals()
-        if m <= known.infeasible:
-            return None
-        k = bisect.bisect_right(known.lo, m) - 1          # the interval starting at or below m
-        if k >= 0 and known.hi[k] >= m:
-            return known.answers[k]
+        g = self.G[b]                                     # memo budgets and peaks are relative to G[b]
+        rel = m - g
+        if rel <= known.infeasible:
+            return None, known.infeasible + g
+        k = bisect.bisect_right(known.lo, rel) - 1        # the interval starting at or below m
+        if k >= 0 and known.hi[k] >= rel:
+            time, peak, plan = known.answers[k]
+            return (time, peak + g, plan), known.hi[k] + g
         start = known.answers[k] if k >= 0 else None       # fits m: an upper bound on the time
-        floor = known.answers[k + 1][0] if k + 1 < len(known.lo) else -math.inf   # answers more: a lower bound
-        answer = self._best(a, b, pinned, pending, m, start, floor)
+        start = start and (start[0], start[1] + g, start[2])
+        floor = (known.answers[k + 1][0], known.hi[k + 1] + g) if k + 1 < len(known.lo) else (-math.inf, 0)
+        answer, hi = self._best(a, b, pinned, pending, m, start, floor)
         if answer is None:
-            known.infeasible = max(known.infeasible, m)
+            known.infeasible = max(known.infeasible, hi - g)
         else:
-            known.add(answer[1], m, answer)
-        return answer
+            known.add(answer[1] - g, hi - g, (answer[0], answer[1] - g, answer[2]))
+        return answer, hi
 
-    def _best(self, a, b, pinned, pending, m, start=None, floor=-math.inf):
-        X, xs = self.X, self.xs
+    def floor(self, a, b, pinned, pending, m):
+        """(t, up): every plan of (a, b) within any budget up to ``up`` (≥ m) takes at least t (no search)."""
+        pinned = pinned or a == 0
+        known = self.known.get((self.content[a][b], pinned, pending))
+        fastest = self.FB[b] - self.FB[a] + (self.loss_time if pending else 0)
+        if known is None:
+            return fastest, math.inf
+        g = self.G[b]
+        rel = m - g
+        if rel <= known.infeasible:
+            return math.inf, known.infeasible + g
+        k = bisect.bisect_right(known.lo, rel) - 1
+        if k >= 0 and known.hi[k] >= rel:
+            return known.answers[k][0], known.hi[k] + g
+        if k + 1 < len(known.lo):
+            return known.answers[k + 1][0], known.hi[k + 1] + g
+        return fastest, math.inf
+
+    def _best(self, a, b, pinned, pending, m, start, floor):
+        """``best`` without the memo; ``floor`` = (time, hi) of the answer at the next larger known budget.
+
+        hi is the least budget above m at which the search could go otherwise:
+        a pruned forward or tape that starts to fit, or a child whose answer
+        changes; below it every branch, bound and child answer is m's.
+        """
+        X = self.X
         base = (0 if pending else X[b]) + self.G[b]
-        cur = 0 if pinned else xs[a]
+        cur = 0 if pinned else self.xs[a]
         if a == b:
             peak, time, plan = self._options(a, b, pinned, pending)[0]
-            return (time, peak, plan) if peak <= m else None
-        best = start
-        if best is not None and best[0] <= floor:
-            return best
-        if best is None and self._peak_bound(a, b, pinned, base, cur) > m:
-            return None
+            return ((time, peak, plan), math.inf) if peak <= m else (None, peak - 1)
+        best, (floor_time, floor_hi) = start, floor
+        if best is not None and best[0] <= floor_time:
+            return best, floor_hi
+        if best is None:
+            least = self._peak_bound(a, b, pinned, base, cur)
+            if least > m:
+                return None, least - 1
         i = a + 1
         held = (cur if self.kin[i] else 0) + self.own[i] + (X[i] if self.kout[i] else 0)
         notes = max(base + cur + self.f[i], held + X[i] + self.G[i] + self.r[i], X[a] + self.G[a])
+        limit = notes - 1
         if notes <= m:
-            child = self.best(i, b, self.kout[i], pending, m - held)
+            child, hi = self.best(i, b, self.kout[i], pending, m - held)
+            limit = hi + held
             if child is not None and (best is None or self.F[i] + self.Bt[i] + child[0] < best[0]):
                 best = (self.F[i] + self.Bt[i] + child[0], max(notes, held + child[1]), ("tape", (0, 0, child[2])))
         bound = self.FB[b] - self.FB[a] + (self.loss_time if pending else 0)
         fw = self.f[a + 1]
         for c in range(a + 1, b + (1 if pending else 0)):
             forward_time = self.Fsum[c] - self.Fsum[a]
-            if best is not None and (bound + forward_time >= best[0] or best[0] <= floor):
-                break
+            if best is not None:
+                if best[0] <= floor_time:
+                    return best, floor_hi
+                if bound + forward_time >= best[0]:
+                    break                                 # a bound valid at every budget
             if c > a + 1:
                 fw = max(fw, X[c - 1] + self.f[c])
             if base + cur + fw > m:
+                limit = min(limit, base + cur + fw - 1)
                 break                                     # the forward alone no longer fits, nor for larger c
-            right = self.best(c, b, False, pending, m - cur)
-            left = right and self.best(a, c, pinned, False, m)
-            if not left:
+            if best is not None:                          # lower bounds from answers known already: skip
+                low_left, up_left = self.floor(a, c, pinned, False, m)
+                low_right, up_right = self.floor(c, b, False, pending, m - cur)
+                if forward_time + low_left + low_right >= best[0]:
+                    limit = min(limit, up_left, up_right + cur)
+                    continue
+            left, hi = self.best(a, c, pinned, False, m)
+            limit = min(limit, hi)
+            if left is None:
+                continue
+            if best is not None and forward_time + left[0] + bound - (self.FB[c] - self.FB[a]) >= best[0]:
+                continue                                  # even the right part at its fastest loses: skip it
+            right, hi = self.best(c, b, False, pending, m - cur)
+            limit = min(limit, hi + cur)
+            if right is None:
                 continue
             time = forward_time + right[0] + left[0]
             if best is None or time < best[0]:
                 peak = max(base + cur + fw, cur + right[1], left[1])
-                best = (time, peak, ("ckpt", c, (0, 0, right[2]), (0, 0, left[2])))
-        return best
+                best = (time, peak, ("ckpt", c - a, (0, 0, right[2]), (0, 0, left[2])))
+        return best, limit
 
 
 @register_strategy("optimal")
@@ -398,7 +469,7 @@ def optimal(profile: Profile, budget_bytes) -> Schedule:
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 20 * len(profile) + 1000))      # one frame pair per nested sub-problem
     try:
-        answer = planner.best(0, len(profile), True, True, budget)
+        answer, _ = planner.best(0, len(profile), True, True, budget)
     finally:
         sys.setrecursionlimit(limit)
     if answer is None:

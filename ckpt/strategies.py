@@ -141,12 +141,6 @@ def option_names(strategy) -> tuple[list[str], list[str]] | None:
     return takes, [k for k in takes if params[k].default is inspect.Parameter.empty]
 
 
-def takes_no_options(strategy) -> bool:
-    """Whether ``strategy`` builds a schedule from the depth (or profile) alone."""
-    names = option_names(strategy)
-    return names is None or not names[1]
-
-
 def _check_options(strategy, fn: Strategy, options: dict) -> None:
     """Refuse options that ``fn`` does not take, naming the ones it does, and name those it needs."""
     names = option_names(fn)

@@ -9,9 +9,7 @@ import sys
 from pathlib import Path
 
 from . import plan, timeline
-from ckpt.strategies import takes_no_options
-
-from .config import (GRID_FIELDS, RUN_OPTIONS, SCHEMA, Config, check_run_option, known_strategies,
+from .config import (GRID_FIELDS, RUN_OPTIONS, SCHEMA, Config, check_run_option, strategies_without_options,
                      load_plugins, validate)
 
 DESCRIPTION = """\
@@ -45,10 +43,10 @@ exit status: 0 done, 2 bad flag / sweep file / folder (the message names it and 
 
 def _grid_type(name: str):
     """The argparse type of a grid field, from the schema (bools read true/false)."""
-    kind = SCHEMA[name].metadata["kind"]
-    if kind is bool:
+    meta = SCHEMA[name].metadata
+    if meta["kind"] is bool:
         return _boolean
-    return kind
+    return meta["read"]
 
 
 def _boolean(text: str) -> bool:
@@ -196,7 +194,11 @@ def _grids(args) -> tuple[list[dict], dict]:
     flags = _given_fields(args)
     if flags.get("strategy") and "all" in flags["strategy"]:
         load_plugins(args.plugin + run.get("plugins", []))
-        flags["strategy"] = [s for s in known_strategies() if takes_no_options(s)]
+        flags["strategy"], needing = strategies_without_options()
+        if needing:
+            print(f"ckpt-profile: strategy 'all' leaves out {', '.join(needing)}: they need an option "
+                  f"(revolve --slots, optimal/chen_greedy --budget); sweep them in a grid of their own",
+                  file=sys.stderr)
     if not args.preset and not args.config and not flags:
         raise ValueError("nothing to run: give --preset, --config or grid flags (see `ckpt-profile sweep --help`)")
     return [{**g, **flags} for g in grids], run

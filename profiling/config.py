@@ -10,7 +10,8 @@ so a field added later (with a default) leaves every old row's key unchanged and
 folders stay resumable; readers recompute keys from the row's fields (``key_of_row``).
 
 Strategy options are part of a configuration: ``segments``, ``slots``, ``budget`` (passed to
-the strategy only when set) and ``options``, any other keyword a user strategy takes.
+the strategy only when set; ``budget`` is bytes, also written "8MiB", and reaches a planner
+as its ``budget_bytes``) and ``options``, any other keyword a user strategy takes.
 ``plugins`` are modules imported (in every process) before validation, so user strategies
 registered there are known; a strategy written ``module:function`` is imported and registered
 under that name.
@@ -31,9 +32,9 @@ DTYPES = ("float32", "float64")
 STRATEGY_OPTIONS = ("segments", "slots", "budget")
 
 
-def spec(default, kind, help: str, choices=None, minimum=None, grid: bool = True):
-    """A dataclass field with its schema: type, allowed values, lower bound, help text."""
-    meta = {"kind": kind, "help": help, "choices": choices, "minimum": minimum, "grid": grid}
+def spec(default, kind, help: str, choices=None, minimum=None, grid: bool = True, read=None):
+    """A dataclass field with its schema: type, allowed values, lower bound, help text, and how text reads."""
+    meta = {"kind": kind, "help": help, "choices": choices, "minimum": minimum, "grid": grid, "read": read or kind}
     if isinstance(default, dict):
         return field(default_factory=dict, metadata=meta)
     return field(default=default, metadata=meta)
@@ -43,6 +44,38 @@ def known_strategies() -> list[str]:
     """Strategies the engine has registered (after any plugins were imported)."""
     import ckpt
     return ckpt.strategies()
+
+
+def required_options(strategy: str) -> list[str]:
+    """The config options ``strategy`` cannot run without (revolve: slots; optimal, chen_greedy: budget)."""
+    from ckpt.strategies import option_names
+    names = option_names(strategy)
+    return [_OPTION_OF.get(k, k) for k in (names[1] if names else []) if k != "profile"]
+
+
+def strategies_without_options() -> tuple[list[str], list[str]]:
+    """What a sweep's strategy 'all' means: (strategies that need no option, those left out)."""
+    names = known_strategies()
+    return [s for s in names if not required_options(s)], [s for s in names if required_options(s)]
+
+
+_KEYWORD_OF = {"budget": "budget_bytes"}            # the planners' own name of a config option
+_OPTION_OF = {v: k for k, v in _KEYWORD_OF.items()}
+
+
+def _takes(strategy: str, keyword: str | None) -> bool:
+    """Whether the registered ``strategy`` has a parameter named ``keyword``."""
+    import inspect
+    import ckpt
+    if keyword is None or strategy not in ckpt.strategies():
+        return False
+    return keyword in inspect.signature(ckpt.get_strategy(strategy)).parameters
+
+
+def read_bytes(text) -> int:
+    """Bytes from "8MiB", "512MB" or an int (``ckpt.parse_bytes``)."""
+    import ckpt
+    return ckpt.parse_bytes(text)
 
 
 @dataclass(frozen=True)
@@ -62,10 +95,15 @@ class Config:
                           OPTIMIZERS)
     segments: int | None = spec(None, int, "strategy option: segments (sqrt_n)", minimum=1)
     slots: int | None = spec(None, int, "strategy option: checkpoint slots (revolve)", minimum=1)
-    budget: int | None = spec(None, int, "strategy option: byte budget (optimal)", minimum=1)
+    budget: int | None = spec(None, int, "strategy option: byte budget, e.g. 8MiB (optimal, chen_greedy)",
+                              minimum=1, read=read_bytes)
     fused: bool = spec(False, bool, "fuse the optimizer step into backward (true/false)", (False, True))
     options: dict = spec({}, dict, "other keywords of the strategy, as KEY=VALUE")
     repeat: int = spec(0, int, "index of the fresh process measuring this configuration", minimum=0, grid=False)
+
+    def __post_init__(self):
+        if isinstance(self.budget, str):                  # a sweep file's budget = "8MiB"
+            object.__setattr__(self, "budget", read_bytes(self.budget))
 
     def __hash__(self):
         return hash(self.key)
@@ -80,8 +118,10 @@ class Config:
     @property
     def strategy_options(self) -> dict:
         """The keywords the strategy is called with (options left unset are not passed)."""
-        named = {k: getattr(self, k) for k in STRATEGY_OPTIONS if getattr(self, k) is not None}
+        named = {_KEYWORD_OF.get(k, k) if _takes(self.strategy, _KEYWORD_OF.get(k)) else k: getattr(self, k)
+                 for k in STRATEGY_OPTIONS if getattr(self, k) is not None}
         return {**named, **self.options}
+
 
     def as_dict(self) -> dict:
         """The fields as a plain dict (``options`` as canonical JSON text, so rows stay flat)."""
@@ -213,15 +253,13 @@ def _check_strategy_takes(c: Config) -> None:
     Strategies that plan from a cost profile are built in the child, where their profile is made.
     """
     import ckpt
-    from ckpt.strategies import option_names
-    if ckpt.needs_profile(c.strategy):
-        return
-    names = option_names(c.strategy)
-    missing = [k for k in (names[1] if names else []) if k not in c.strategy_options]
+    missing = [k for k in required_options(c.strategy) if k not in c.strategy_options and
+               getattr(c, k, None) is None]
     if missing:
-        flags = ", ".join(f"--{k} N" if k in STRATEGY_OPTIONS else f"--option {k}=VALUE" for k in missing)
-        raise ValueError(f"profiling: strategy {c.strategy!r} needs the option(s) {', '.join(missing)}; give "
-                         f"{flags} (in a sweep file: {missing[0]} = ... in its [[grid]])")
+        raise ValueError(f"profiling: strategy {c.strategy!r} needs {', '.join('--' + k for k in missing)} "
+                         f"(e.g. revolve --slots 3, optimal --budget 8MiB); give it in the strategy's own grid")
+    if not c.strategy_options or ckpt.needs_profile(c.strategy):
+        return                                            # planners are checked when they plan (in the row)
     try:
         if c.strategy_options:
             ckpt.make_schedule(c.strategy, c.depth, **c.strategy_options)

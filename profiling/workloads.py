@@ -82,8 +82,9 @@ class NumpyWorkload:
         self.x = rng.standard_normal((c.batch, c.width)).astype(c.dtype)
         self.y = rng.standard_normal((c.batch, c.width)).astype(c.dtype)
         n = c.depth
-        self.schedule = (ckpt.forward_only(n) if c.mode == "predict"
-                         else ckpt.make_schedule(c.strategy, n, fused=c.fused, **c.strategy_options))
+        self.schedule = (ckpt.forward_only(n) if c.mode == "predict"      # planners profile the chain
+                         else ckpt.schedule_for(self.model, c.strategy, batch=c.batch, fused=c.fused,
+                                                **c.strategy_options))
         # repeated SGD steps on deep chains can diverge; memory and time do not depend on the values,
         # so a non-finite value is reported on stderr instead of failing the row
         self.backend = ckpt.NumpyBackend(self.model, nonfinite="warn")
@@ -189,14 +190,24 @@ class TorchWorkload:
             layers += [he_linear(torch, c.width), torch.nn.ReLU()]
         seq = torch.nn.Sequential(*layers).to(self.device, dtype)
         self.plain = seq
-        if self.impl == "ckpt-torch":
-            seq = checkpointed_sequential()(seq, strategy=c.strategy, track_memory=True,  # the runner checked
-                                            memory_check=False, **c.strategy_options)
-        self.model = seq
-        self._marks = mark_gradients(self.plain.parameters()) if c.mode == "train" else []
         self.x = torch.randn(c.batch, c.width, device=self.device, dtype=dtype)
         self.y = torch.randn(c.batch, c.width, device=self.device, dtype=dtype)
+        if self.impl == "ckpt-torch":
+            seq = checkpointed_sequential()(seq, track_memory=True, memory_check=False,   # the runner checked
+                                            **self._strategy(seq))
+        self.model = seq
+        self._marks = mark_gradients(self.plain.parameters()) if c.mode == "train" else []
         self.optimizer_bytes, self.saved_bytes = 0, None
+
+    def _strategy(self, seq) -> dict:
+        """The wrapper's strategy keywords; a planner plans here from the stages' measured profile."""
+        import ckpt
+        if not ckpt.needs_profile(self.c.strategy):
+            return {"strategy": self.c.strategy, **self.c.strategy_options}
+        from ckpt.torch.wrappers import profile_in_isolation
+        profile = profile_in_isolation(list(seq), self.x)
+        schedule = ckpt.make_schedule(self.c.strategy, len(profile), profile=profile, **self.c.strategy_options)
+        return {"strategy": lambda n: schedule}
 
     @property
     def params(self):

@@ -13,9 +13,10 @@ Strategies: store_all, recompute, sqrt_n, Chen's greedy, revolve at several
 slot counts, optimal at several budgets.  Predicted: peak by the memory model
 on the chain's Profile, time by the Profile (numpy: measured per-stage medians;
 torch: measured per-stage medians).  Measured: numpy tracemalloc peak and step
-time; torch step time (CheckpointedSequential running the schedule) next to
-torch.utils.checkpoint.checkpoint_sequential.  Times are medians of repeats
-interleaved across strategies within one run.
+time; torch CPU allocator peak (``profiling.meters.TorchCPUMeter``, one metered
+step apart from the timed ones) and step time (CheckpointedSequential running
+the schedule) next to torch.utils.checkpoint.checkpoint_sequential.  Times are
+medians of repeats interleaved across strategies within one run (one thread).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 import ckpt
-from profiling.meters import TracemallocMeter
+from profiling.meters import TorchCPUMeter, TracemallocMeter
 
 NUMPY_CHAINS = {
     "mlp (homogeneous)": [128] * 17,
@@ -105,14 +106,20 @@ def torch_chains():
     from torch import nn
     torch.manual_seed(0)
     mlp = nn.Sequential(*[nn.Sequential(nn.Linear(256, 256), nn.ReLU()) for _ in range(16)])
-    chans = [(3, 16, 1), (16, 16, 1), (16, 32, 2), (32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2), (128, 128, 1)]
+    # four resolutions of four conv blocks: channels double as the side halves, so each block
+    # costs about the same time while activations shrink 2× per group (64 px: 2 MiB, 8 px: 256 KiB)
+    chans, c_in = [], 3
+    for group, c in enumerate((16, 32, 64, 128)):
+        for k in range(4):
+            chans.append((c_in, c, 2 if group and not k else 1))
+            c_in = c
     cnn = nn.Sequential(*[nn.Sequential(nn.Conv2d(a, b, 3, stride=s, padding=1), nn.ReLU()) for a, b, s in chans],
                         nn.Sequential(nn.Flatten(), nn.Linear(128 * 8 * 8, 10)))
     vocab, d = 8000, 128
     layers = [nn.TransformerEncoderLayer(d, 4, 256, dropout=0.0, batch_first=True) for _ in range(6)]
     transformer = nn.Sequential(nn.Embedding(vocab, d), *layers, nn.Linear(d, vocab))
     return [("mlp (homogeneous)", mlp, torch.randn(512, 256)),
-            ("cnn (activations shrink)", cnn, torch.randn(16, 3, 64, 64)),
+            ("cnn (activations shrink)", cnn, torch.randn(4, 3, 64, 64)),
             ("transformer (embedding + head)", transformer, torch.randint(0, vocab, (4, 128)))]
 
 
@@ -127,18 +134,30 @@ def torch_rows(name, stages, x, repeats) -> list[dict]:
     segments = math.ceil(math.sqrt(len(stages)))
     runners["torch checkpoint_sequential"] = lambda v: checkpoint_sequential(stages, segments, v, use_reentrant=False)
     runners["torch plain"] = stages
+    # loss = sum: its backward hands x_n's gradient (x_n's bytes) to the last stage and allocates
+    # nothing else, as the profile's Loss does; a squared loss would add two logits-sized
+    # buffers that no strategy controls (the transformer's head: 16 MiB each)
+    step = lambda run: run(x).float().sum().backward()
+    peaks = {}
+    for label, run in runners.items():              # metered apart: the profiler slows the step it watches
+        stages.zero_grad(set_to_none=True)
+        step(run)                                   # warm-up: lazily allocated state is not the strategy's
+        stages.zero_grad(set_to_none=True)
+        with TorchCPUMeter() as meter:
+            step(run)
+        peaks[label] = meter.figures["torch_cpu_peak"]
     times = {label: [] for label in runners}
-    for _ in range(repeats + 1):                    # the first round warms up and is dropped
+    for _ in range(repeats):                        # interleaved: each round runs every strategy once
         for label, run in runners.items():
             stages.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
-            run(x).float().pow(2).mean().backward()
+            step(run)
             times[label].append(time.perf_counter() - t0)
-    rows = [_row("torch", name, label, schedule, profile) for label, schedule in chosen]
-    rows += [{"backend": "torch", "chain": name, "strategy": label, "n": len(stages)}
-             for label in ("torch checkpoint_sequential", "torch plain")]
+    rows = [_row("torch", name, label, schedule, profile, measured_peak=peaks[label]) for label, schedule in chosen]
+    rows += [{"backend": "torch", "chain": name, "strategy": label, "n": len(stages),
+              "measured_peak_MiB": peaks[label] / 2**20} for label in ("torch checkpoint_sequential", "torch plain")]
     for row in rows:
-        _add_times(row, times[row["strategy"]][1:])
+        _add_times(row, times[row["strategy"]])
     return rows
 
 
@@ -150,23 +169,19 @@ def plot(frame, path) -> None:
     groups = list(frame.groupby(["backend", "chain"], sort=False))
     fig, axes = plt.subplots(2, 3, figsize=(16, 9.5))
     for ax, ((backend, chain), g) in zip(axes.flat, groups):
-        g = g.dropna(subset=["predicted_peak_MiB"])
-        numpy = backend == "numpy"
-        for k, family in enumerate(("store_all", "recompute", "sqrt_n", "revolve", "chen_greedy", "optimal")):
-            part, colour, marker = g[g.strategy.str.startswith(family)], f"C{k}", "svD^Po"[k]
-            x = part.measured_peak_MiB if numpy else part.predicted_peak_MiB
-            ax.scatter(x, part.measured_time_s * 1e3, marker=marker, color=colour, label=family, s=45)
-            if numpy:
-                ax.scatter(part.predicted_peak_MiB, part.predicted_time_s * 1e3, marker=marker, s=45,
-                           facecolors="none", edgecolors=colour)
+        meter = "tracemalloc" if backend == "numpy" else "torch CPU allocator"
+        for k, family in enumerate(("store_all", "recompute", "sqrt_n", "revolve", "chen_greedy", "optimal",
+                                    "torch checkpoint_sequential")):
+            part, colour, marker = g[g.strategy.str.startswith(family)], f"C{k}", "svD^PoX"[k]
+            ax.scatter(part.measured_peak_MiB, part.measured_time_s * 1e3, marker=marker, color=colour,
+                       label=family.replace("torch ", ""), s=45)
+            ax.scatter(part.predicted_peak_MiB, part.predicted_time_s * 1e3, marker=marker, s=45,
+                       facecolors="none", edgecolors=colour)
         front = g[g.strategy.str.startswith("optimal")].sort_values("predicted_peak_MiB")
-        ax.plot(front.measured_peak_MiB if numpy else front.predicted_peak_MiB, front.measured_time_s * 1e3,
-                color="C5", lw=1, alpha=0.6)
+        ax.plot(front.measured_peak_MiB, front.measured_time_s * 1e3, color="C5", lw=1, alpha=0.6)
         ax.set_title(f"{backend}: {chain}", fontsize=10)
-        ax.set_xlabel("peak MiB — filled: measured (tracemalloc), hollow: predicted (memory model)" if numpy
-                      else "peak MiB, predicted (memory model on the torch Profile)", fontsize=8)
-        ax.set_ylabel("step ms — filled: measured median" + (", hollow: predicted (profile)" if numpy else ""),
-                      fontsize=8)
+        ax.set_xlabel(f"peak MiB — filled: measured ({meter}), hollow: predicted (memory model)", fontsize=8)
+        ax.set_ylabel("step ms — filled: measured median, hollow: predicted (profile)", fontsize=8)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     fig.suptitle("Memory vs time per strategy, one training step (lower-left is better; optimal's points joined)")
@@ -174,18 +189,41 @@ def plot(frame, path) -> None:
     fig.savefig(path, dpi=90)
 
 
+def claims(frame) -> list[str]:
+    """Per heterogeneous chain: does optimal at √n's peak beat √n (predicted and measured), and fit below it?"""
+    lines = ["## Optimal against √n on the heterogeneous chains", "",
+             "| backend | chain | optimal @sqrt_n vs sqrt_n: predicted time | measured time (median) | "
+             "optimal @recompute↔sqrt_n: predicted peak ≤ budget < sqrt_n's peak |", "|---|---|---|---|---|"]
+    for (backend, chain), g in frame.groupby(["backend", "chain"], sort=False):
+        if "homogeneous" in chain:
+            continue
+        row = g.set_index("strategy")
+        mine, theirs = row.loc["optimal @sqrt_n"], row.loc["sqrt_n"]
+        ratio = lambda k: f"{mine[k] / theirs[k]:.3f}× ({'less' if mine[k] < theirs[k] else 'NOT less'})"
+        between = row.loc["optimal @recompute↔sqrt_n"] if "optimal @recompute↔sqrt_n" in row.index else None
+        fits = ("no plan" if between is None else
+                f"{between.predicted_peak_MiB:.2f} MiB < {theirs.predicted_peak_MiB:.2f} MiB "
+                f"(measured {between.measured_peak_MiB:.2f})")
+        lines.append(f"| {backend} | {chain} | {ratio('predicted_time_s')} | {ratio('measured_time_s')} | {fits} |")
+    return lines
+
+
 def report(frame, out: Path, args, started) -> None:
     """Write results.csv, pareto.png and README.md."""
     frame.to_csv(out / "results.csv", index=False)
     plot(frame, out / "pareto.png")
     lines = ["# Trade-off: memory vs time of every strategy", "",
-             f"Command: `PYTHONPATH=. python scripts/tradeoff.py --repeats {args.repeats} --out {args.out}` "
-             f"({started}; load average {os.getloadavg()[0]:.1f} on a shared 2-core machine: timings are noisy, "
+             f"Command: `PYTHONPATH=. python scripts/tradeoff.py --repeats {args.repeats} "
+             f"--numpy-repeats {args.numpy_repeats} --out {args.out}` "
+             f"({started}; load average {args.load_at_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the "
+             "end (1-minute `uptime` figures) on a shared 2-core machine: timings are noisy, "
              "compare within a chain only).", "",
              "Predicted peak: the memory model on the chain's `ckpt.Profile` (input and parameters excluded). "
              "Predicted time: sum of the profile's per-stage measured medians. Measured peak: tracemalloc "
-             "(numpy only). Measured time: median step time, repeats interleaved across strategies; spread = "
-             "(max − min) / median.", "", "![pareto](pareto.png)", ""]
+             "(numpy), torch's CPU allocator above the step's entry (torch; `profiling.meters.TorchCPUMeter`, "
+             "one metered step after a warm-up, apart from the timed ones). Measured time: median step time, "
+             "repeats interleaved across strategies, one thread; spread = (max − min) / median.", "",
+             "![pareto](pareto.png)", "", *claims(frame), ""]
     for (backend, chain), g in frame.groupby(["backend", "chain"], sort=False):
         lines += [f"## {backend}: {chain}", "",
                   "| strategy | forward steps | predicted peak MiB | measured peak MiB | predicted time ms | "
@@ -204,16 +242,18 @@ def main() -> int:
     """Measure every chain and write the report."""
     import pandas as pd
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15, help="timed steps per strategy on torch")
+    parser.add_argument("--numpy-repeats", type=int, default=5, help="timed steps per strategy on numpy")
     parser.add_argument("--out", default="reports/tradeoff")
     parser.add_argument("--skip-torch", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    args.load_at_start = os.getloadavg()[0]
     rows = []
     for name, sizes in NUMPY_CHAINS.items():
-        rows += numpy_rows(name, sizes, args.repeats)
+        rows += numpy_rows(name, sizes, args.numpy_repeats)
         print(f"numpy {name}: done", flush=True)
     if not args.skip_torch:
         import torch

@@ -67,6 +67,27 @@ def test_no_schedule_of_the_class_beats_optimal_on_any_budget(seed):
         assert profile.schedule_time(plan) == min(fitting)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_repeated_stage_types_share_sub_problems_and_stay_exact(seed):
+    """Stages drawn from two types: equal sub-chains at different depths (different gradients held
+    after them) share one memo entry; every budget of the ladder still matches exhaustive search."""
+    rng = random.Random(500 + seed)
+    kinds = []
+    for _ in range(2):                       # tapes that keep no input: each type's bytes fit any order
+        X, keeps_out, own = rng.randint(1, 60), rng.random() < 0.5, rng.randint(0, 80)
+        kinds.append(StageCost(forward_time=rng.randint(1, 9), backward_time=rng.randint(1, 9), output_bytes=X,
+                               tape_bytes=own + keeps_out * X, tape_keeps_output=keeps_out,
+                               forward_transient=rng.randint(0, 40), backward_transient=rng.randint(0, 40),
+                               grad_bytes=rng.randint(0, 10)))
+    n = rng.choice([5, 6])
+    profile = Profile(tuple(rng.choice(kinds) for _ in range(n)), rng.randint(1, 60))
+    plans = brute_force(profile)
+    for budget in sorted({peak for peak, _ in plans})[::3]:
+        plan = ckpt.optimal(profile, budget)
+        assert ckpt.predict_memory(profile, plan).peak_bytes <= budget
+        assert profile.schedule_time(plan) == min(t for p, t in plans if p <= budget)
+
+
 def test_six_stages_brute_force():
     rng = random.Random(99)
     profile = random_profile(6, rng)

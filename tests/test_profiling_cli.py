@@ -23,7 +23,7 @@ def test_help_runs_as_a_module():
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--config", "/no/such.toml"], "no sweep file"),
     ([], "nothing to run"),
-    (["--strategy", "revolve", "--depth", "4"], "strategy 'revolve' needs the option(s) slots; give --slots N"),
+    (["--strategy", "revolve", "--depth", "4"], "strategy 'revolve' needs --slots"),
     (["--fused", "true", "--optimizer", "none"], "fused=true fuses the optimizer step into the backward, so it needs "
                                                  "mode='train' and an optimizer (sgd, momentum, adam)"),
     (["--fused", "maybe"], "argument --fused: expected true or false, got 'maybe'"),
@@ -61,7 +61,7 @@ def test_memcheck_off_reaches_every_configuration(monkeypatch, tmp_path):
 @pytest.mark.parametrize("args, words", [
     (["plan"], "--strategy optimal plans under a byte budget: give --budget (e.g. --budget 512MiB)"),
     (["plan", "--profile", "/no/such.json", "--budget", "1MiB"], "profile: no profile file at '/no/such.json'"),
-    (["timeline", "--depth", "2", "--strategy", "revolve", "--out", "OUT"], "strategy 'revolve' needs the option"),
+    (["timeline", "--depth", "2", "--strategy", "revolve", "--out", "OUT"], "strategy 'revolve' needs --slots"),
     (["timeline", "--depth", "2", "--out", "FILE/sub"], "cannot write to output folder"),
 ])
 def test_plan_and_timeline_bad_input(args, words, capsys, tmp_path):

@@ -565,6 +565,10 @@ class ChainRunner:
         self.blocks, self.inplace, self.confirmed, self._plans = blocks, frozenset(), False, {}
         self._found = frozenset()
 
+    def forget_plans(self) -> None:
+        """Drop the cached plans: the schedule function's answer changed (a budget re-planned)."""
+        self._plans = {}
+
     def plan(self) -> Plan:
         """The plan for the blocks as currently fused."""
         plan = self._plans.get(self.inplace)

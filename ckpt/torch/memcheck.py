@@ -28,10 +28,11 @@ from .hooks import SavedRecorder, storage_key
 
 
 def signature(args: tuple, kwargs: dict) -> tuple:
-    """What a check depends on: shape, dtype and device of each tensor argument (other values by type)."""
+    """What a check or a plan depends on: shape, dtype, device and requires_grad of each tensor argument
+    (other values by type)."""
     leaves = tree_flatten((args, kwargs))[0]
-    return tuple((tuple(t.shape), t.dtype, t.device) if isinstance(t, torch.Tensor) else type(t).__name__
-                 for t in leaves)
+    return tuple((tuple(t.shape), t.dtype, t.device, t.requires_grad) if isinstance(t, torch.Tensor)
+                 else type(t).__name__ for t in leaves)
 
 
 def _tensors(v) -> list:
@@ -66,22 +67,27 @@ def stage_cost(fn, module, args: tuple, kwargs: dict, resident: set) -> tuple[St
     return cost, tree_unflatten([t.detach() if isinstance(t, torch.Tensor) else t for t in leaves], spec)
 
 
-class _LeftAsItWas:
-    """Run code whose side effects must not show: the RNG and every buffer are restored afterwards."""
+class LeftAsItWas:
+    """Run code whose side effects must not show (profiling the stages): the RNG, every buffer and the
+    parameters' ``.grad`` are as they were afterwards (gradients are None inside)."""
 
     def __init__(self, modules: list, devices: list):
-        self.modules, self.devices = modules, devices
+        self.modules, self.devices = [m for m in modules if isinstance(m, torch.nn.Module)], devices
 
     def __enter__(self):
         self.rng = torch.random.fork_rng(devices=self.devices)
         self.rng.__enter__()
-        self.buffers = [(b, b.detach().clone()) for m in self.modules if isinstance(m, torch.nn.Module)
-                        for b in m.buffers()]
+        self.buffers = [(b, b.detach().clone()) for m in self.modules for b in m.buffers()]
+        self.grads = [(p, p.grad) for m in self.modules for p in m.parameters()]
+        for p, _ in self.grads:
+            p.grad = None
 
     def __exit__(self, *exc):
         with torch.no_grad():
             for b, saved in self.buffers:
                 b.copy_(saved)
+        for p, g in self.grads:
+            p.grad = g
         self.rng.__exit__(*exc)
 
 
@@ -90,14 +96,14 @@ def _resident(modules) -> set:
             for t in (*m.parameters(), *m.buffers())}
 
 
-def _devices(tensors) -> list:
+def devices_of(tensors) -> list:
     return sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
 
 
 def chain_profile(stages: list, x) -> Profile:
     """Bytes-only profile of a chain (each stage's output is the next one's input)."""
     resident, costs, value = _resident(stages), [], x
-    with _LeftAsItWas(stages, _devices(_tensors(x))):
+    with LeftAsItWas(stages, devices_of(_tensors(x))):
         for stage in stages:
             fn = stage.forward if isinstance(stage, torch.nn.Module) else stage    # its hooks fire once, in the step
             cost, value = stage_cost(fn, stage, (value,), {}, resident)
@@ -115,7 +121,7 @@ def repeated_block_profile(blocks: list, forward, args: tuple, kwargs: dict) -> 
     if not _alike(blocks):
         return None
     _refuse_cache(1, kwargs)                           # profiling it would append to the cache
-    with _LeftAsItWas(blocks, _devices(_tensors((args, kwargs)))):
+    with LeftAsItWas(blocks, devices_of(_tensors((args, kwargs)))):
         cost, _ = stage_cost(forward, blocks[0], args, kwargs, _resident(blocks))
     return Profile((cost,) * len(blocks), _nbytes(args[:1]), source="block 1 repeated, bytes only (memory check)")
 
@@ -123,10 +129,10 @@ def repeated_block_profile(blocks: list, forward, args: tuple, kwargs: dict) -> 
 class MemoryGuard:
     """The wrapper's check: once per input signature, before the first training step with it."""
 
-    def __init__(self, enabled: bool, strategy, options: dict):
+    def __init__(self, enabled: bool, strategy, options: dict, budget=None):
         if not isinstance(enabled, bool):
             raise TypeError(f"ckpt.torch: memory_check must be True or False, got {enabled!r}")
-        self.enabled, self.strategy, self.options = enabled, strategy, options
+        self.enabled, self.strategy, self.options, self.budget = enabled, strategy, options, budget
         self.checked: set = set()
 
     def check_chain(self, stages: list, x) -> None:
@@ -143,12 +149,15 @@ class MemoryGuard:
         key = signature(args, kwargs)
         if key in self.checked:
             return
-        profile = profile_of()
+        strategy, options = self.strategy, self.options
+        if self.budget:                                # the plan made for this input, on its own profile
+            profile, (strategy, options) = self.budget.profile, (self.budget.current[1], {})
+        else:
+            profile = profile_of()
         if profile is not None:
             tensors = _tensors((args, kwargs))
             device = tensors[0].device if tensors else "cpu"
-            check_profile_fits(profile, self.strategy, self.options, device,
-                               f"input {[tuple(t.shape) for t in tensors]}")
+            check_profile_fits(profile, strategy, options, device, f"input {[tuple(t.shape) for t in tensors]}")
         self.checked.add(key)
 
 

@@ -1,6 +1,7 @@
 """Checkpointing for real torch models: any strategy's schedule, on autograd's own graph.
 
     model = ckpt.CheckpointedSequential(nn.Sequential(*blocks), strategy="sqrt_n")
+    model = ckpt.CheckpointedSequential(blocks, budget="6GiB")   # optimal, planned per input signature
     y = ckpt.checkpoint_sequential(blocks, segments=4, input=x)       # torch's call shape
     with ckpt.checkpoint_modules(model.transformer.h, strategy="sqrt_n"):   # in place, undoable
         loss = model(ids, labels=ids).loss
@@ -16,15 +17,17 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
+from contextlib import contextmanager
 from functools import lru_cache
 
 from torch import nn
 
 from ..executor import Stats
+from ..profile import Profile, items
 from ..schedule import Schedule
 from ..strategies import every_segment
 from .backend import ChainRunner, CheckpointError  # noqa: F401 (re-exported)
-from .memcheck import MemoryGuard
+from .memcheck import LeftAsItWas, MemoryGuard, devices_of, signature
 
 
 class _Stage(nn.Module):
@@ -87,19 +90,29 @@ class CheckpointedSequential(nn.Sequential):
     its predicted peak does not fit (``ckpt.torch.memcheck``; ``memory_check=False``: not checked).
     """
 
-    def __init__(self, modules, strategy="sqrt_n", preserve_rng_state: bool = True,
-                 track_memory: bool = False, memory_check: bool = True, **options):
+    def __init__(self, modules, strategy=None, preserve_rng_state: bool = True,
+                 track_memory: bool = False, memory_check: bool = True, budget=None,
+                 profile: Profile | None = None, **options):
         super().__init__(_as_modules(modules))
-        self._memory = MemoryGuard(memory_check, strategy, options)
-        self._runner = ChainRunner(list(self._modules.values()), strategy, preserve_rng_state,
-                                   track_memory, **options)
+        self.budget = _budget_plans(budget, profile, strategy, options, "CheckpointedSequential")
+        strategy = strategy or ("optimal" if self.budget else "sqrt_n")
+        self._memory = MemoryGuard(memory_check, strategy, options, self.budget)
+        self._runner = ChainRunner(list(self._modules.values()), strategy, preserve_rng_state, track_memory,
+                                   schedule_fn=self.budget and self.budget.schedule_for, **options)
         self.strategy, self.options = strategy, options
         self.preserve_rng_state, self.track_memory = preserve_rng_state, track_memory
 
     @property
-    def schedule(self) -> Schedule:
-        """The validated schedule over the planned stages."""
+    def schedule(self) -> Schedule | None:
+        """The validated schedule over the planned stages (with a budget: None until the first call plans)."""
+        if self.budget and self.budget.current is None:
+            return None
         return self._runner.plan().schedule
+
+    @property
+    def profile(self) -> Profile | None:
+        """With a budget: the cost profile the current schedule was planned from."""
+        return self.budget and self.budget.profile
 
     @property
     def last_stats(self) -> Stats | None:
@@ -115,12 +128,95 @@ class CheckpointedSequential(nn.Sequential):
         if len(self._runner.blocks) != len(stages):
             self._runner.reset(stages)
             self._memory.checked.clear()
+        if self.budget:
+            self.budget.plan_for(self._runner, stages, x)
         self._memory.check_chain(stages, x)
         return _run_chain(self._runner, stages, x)
 
     def extra_repr(self) -> str:
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
-        return f"strategy={getattr(self.strategy, '__name__', self.strategy)!r}{opts}"
+        budget = f", budget={self.budget.budget:,} B" if self.budget else ""
+        return f"strategy={getattr(self.strategy, '__name__', self.strategy)!r}{opts}{budget}"
+
+
+# ------------------------------------------------------------------ byte budgets
+
+class BudgetPlans:
+    """``optimal`` schedules for a byte budget, one per input signature (shape, dtype, device, requires_grad).
+
+    The first call with a new signature profiles the stages on that input
+    (``Profile.from_torch``; their gradients, buffers and RNG state are left as
+    they were) and plans; later calls with a signature seen before reuse its
+    plan.  A ``profile`` given by the user is planned from once, whatever the input.
+    """
+
+    def __init__(self, budget, profile: Profile | None = None):
+        from ..planners import parse_bytes
+        self.budget, self.given = parse_bytes(budget), profile
+        self.plans: dict = {}                 # signature → (profile, schedule)
+        self.current = None                   # the (profile, schedule) of the latest call
+        if profile is not None:
+            self.current = self.plans[None] = (profile, self._optimal(profile))
+
+    @property
+    def profile(self) -> Profile | None:
+        """The profile of the current plan."""
+        return self.current and self.current[0]
+
+    @property
+    def plans_made(self) -> int:
+        """How many times a schedule was planned (once per signature; once in all with a given profile)."""
+        return len(self.plans)
+
+    def plan_for(self, runner: ChainRunner, stages: list, x) -> None:
+        """Make the plan for input ``x`` current (planning it if its signature is new)."""
+        import torch
+        if not torch.is_grad_enabled():
+            return                                        # a plain forward: nothing to plan
+        key = None if self.given is not None else signature((x,), {})
+        plan = self.plans.get(key)
+        if plan is None:
+            profile = profile_in_isolation(stages, x)
+            plan = self.plans[key] = (profile, self._optimal(profile))
+        if plan is not self.current:
+            self.current = plan
+            runner.forget_plans()
+
+    def schedule_for(self, n: int) -> Schedule:
+        """The current plan's schedule (``ChainRunner``'s schedule function); store_all before any plan."""
+        from ..strategies import store_all
+        if self.current is None:
+            return store_all(n)                           # never run: every step plans first
+        schedule = self.current[1]
+        if schedule.n != n:
+            raise ValueError(f"ckpt.torch: the budget's plan covers {schedule.n} stages but the chain runs {n} "
+                             f"(blocks that modify their input in place are fused); budgets need chains "
+                             f"without in-place blocks: pass strategy= instead")
+        return schedule
+
+    def _optimal(self, profile: Profile) -> Schedule:
+        from ..planners import optimal
+        return optimal(profile, self.budget).validate()
+
+
+def _budget_plans(budget, profile, strategy, options, who: str) -> BudgetPlans | None:
+    """The wrapper's ``BudgetPlans``, or None without a budget; refuses options that contradict it."""
+    if budget is None:
+        if profile is not None:
+            raise ValueError(f"ckpt.{who}: profile= is what a budget is planned from; pass budget= with it")
+        return None
+    if strategy not in (None, "optimal") or options:
+        raise ValueError(f"ckpt.{who}: budget= plans with strategy 'optimal' and takes no strategy options; "
+                         f"got strategy={strategy!r}, options {sorted(options)}")
+    return BudgetPlans(budget, profile)
+
+
+def profile_in_isolation(stages: list, x) -> Profile:
+    """``Profile.from_torch`` leaving no trace: parameter gradients, buffers and the RNG as they were."""
+    import torch
+    devices = devices_of([t for t in items(x) if isinstance(t, torch.Tensor)])
+    with LeftAsItWas(stages, devices):
+        return Profile.from_torch(list(stages), x, repeats=3)
 
 
 _RUNNERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -162,10 +258,12 @@ class CheckpointHandle:
     Also a context manager: checkpointing ends when the ``with`` block does.
     """
 
-    def __init__(self, blocks: list, strategy, preserve_rng_state, track_memory, options, memory_check=True):
-        self.blocks = blocks
-        self.memory = MemoryGuard(memory_check, strategy, options)
-        self.runner = ChainRunner(blocks, strategy, preserve_rng_state, track_memory, **options)
+    def __init__(self, blocks: list, strategy, preserve_rng_state, track_memory, options, budget=None,
+                 memory_check=True):
+        self.blocks, self.budget = blocks, budget
+        self.memory = MemoryGuard(memory_check, strategy, options, budget)
+        self.runner = ChainRunner(blocks, strategy, preserve_rng_state, track_memory,
+                                  schedule_fn=budget and budget.schedule_for, **options)
         self._step = None
         for k, block in enumerate(blocks, start=1):
             if getattr(block, "_ckpt_handle", None) is not None:
@@ -176,9 +274,16 @@ class CheckpointHandle:
             block.forward = _checkpointed_forward(self, k, block.forward)
 
     @property
-    def schedule(self) -> Schedule:
-        """The validated schedule over the planned stages."""
+    def schedule(self) -> Schedule | None:
+        """The validated schedule over the planned stages (with a budget: None until the first call plans)."""
+        if self.budget and self.budget.current is None:
+            return None
         return self.runner.plan().schedule
+
+    @property
+    def profile(self) -> Profile | None:
+        """With a budget: the cost profile the current schedule was planned from."""
+        return self.budget and self.budget.profile
 
     @property
     def last_stats(self) -> Stats | None:
@@ -188,6 +293,9 @@ class CheckpointHandle:
     def call(self, k: int, forward, args, kwargs):
         """Block k's output: the chain's first sweep when grad is on, plain otherwise."""
         if k == 1:
+            if self.budget:
+                with self._own_forwards():                 # profiling calls the blocks themselves
+                    self.budget.plan_for(self.runner, self.blocks, _chain_input(self.budget, args, kwargs))
             self.memory.check_blocks(self.blocks, forward, args, kwargs)
             self._step = self.runner.start()
         step = self._step
@@ -197,6 +305,16 @@ class CheckpointHandle:
         if k == len(self.blocks):
             self._step = None
         return out
+
+    @contextmanager
+    def _own_forwards(self):
+        """The blocks' own forwards for the duration (checkpointed ones put back after)."""
+        patched = [block.__dict__.pop("forward") for block in self.blocks]
+        try:
+            yield
+        finally:
+            for block, forward in zip(self.blocks, patched):
+                block.forward = forward
 
     def remove(self) -> None:
         """Give every block back its own forward."""
@@ -211,6 +329,16 @@ class CheckpointHandle:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+def _chain_input(budget: BudgetPlans, args, kwargs):
+    """Block 1's input, to profile the blocks as a chain (each called on the previous one's output)."""
+    if budget.given is None and (len(args) != 1 or kwargs):
+        raise ValueError(f"ckpt.checkpoint_modules: budget= profiles the blocks as a chain, each called on "
+                         f"the previous one's output, but block 1 got {len(args)} positional and keyword "
+                         f"arguments {sorted(kwargs)}; pass profile=ckpt.Profile(...) measured for these blocks, "
+                         f"or a strategy")
+    return args[0] if args else None
 
 
 def _checkpointed_forward(handle: CheckpointHandle, k: int, forward):
@@ -238,8 +366,9 @@ def _blocks_of(modules) -> list:
     return blocks
 
 
-def checkpoint_modules(modules, strategy="sqrt_n", preserve_rng_state: bool = True,
-                       track_memory: bool = False, memory_check: bool = True, **options) -> CheckpointHandle:
+def checkpoint_modules(modules, strategy=None, preserve_rng_state: bool = True,
+                       track_memory: bool = False, memory_check: bool = True, budget=None,
+                       profile: Profile | None = None, **options) -> CheckpointHandle:
     """Checkpoint the listed blocks of an existing model in place; the model's forward is unchanged.
 
     The blocks, in the order the model calls them, form the chain the schedule plans
@@ -247,8 +376,13 @@ def checkpoint_modules(modules, strategy="sqrt_n", preserve_rng_state: bool = Tr
     ``handle.remove()``, ``ckpt.remove_checkpointing(model)`` or ``with``.  The first
     training call per input shape is checked against the memory the device has
     (``ckpt.torch.memcheck``: alike blocks only; ``memory_check=False``: not checked).
+    ``budget=`` (bytes or "6GiB") plans ``optimal`` per input signature, profiling
+    the blocks as a chain on the first call, or once from a given ``profile=``.
     """
-    return CheckpointHandle(_blocks_of(modules), strategy, preserve_rng_state, track_memory, options, memory_check)
+    plans = _budget_plans(budget, profile, strategy, options, "checkpoint_modules")
+    strategy = strategy or ("optimal" if plans else "sqrt_n")
+    return CheckpointHandle(_blocks_of(modules), strategy, preserve_rng_state, track_memory, options, plans,
+                            memory_check)
 
 
 def remove_checkpointing(model_or_modules) -> int:
@@ -267,4 +401,4 @@ def remove_checkpointing(model_or_modules) -> int:
 
 
 __all__ = ["CheckpointedSequential", "checkpoint_sequential", "checkpoint_modules", "remove_checkpointing",
-           "CheckpointHandle", "CheckpointError"]
+           "CheckpointHandle", "CheckpointError", "BudgetPlans"]
