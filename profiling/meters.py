@@ -111,12 +111,19 @@ def mark_gradients(params) -> list:
     Harmless without a profiler (a no-op annotation).  With these marks ``TorchCPUMeter``
     also reports ``grad_at_peak``: the bytes of gradients autograd had stored when the peak was reached.
     """
-    from torch.autograd.profiler import record_function
+    return [p.register_post_accumulate_grad_hook(lambda p: mark_gradient_bytes(p.grad.untyped_storage().nbytes()))
+            for p in params]
 
-    def mark(p):
-        with record_function(f"{GRADIENT_MARK}{p.grad.untyped_storage().nbytes()}"):
-            pass
-    return [p.register_post_accumulate_grad_hook(mark) for p in params]
+
+def mark_gradient_bytes(nbytes: int) -> None:
+    """Annotate the profiler's timeline: gradients now hold ``nbytes`` more (negative: fewer) bytes.
+
+    For gradients set without autograd (an optimizer primed with zero gradients, then ``zero_grad``),
+    so that ``activation_peak`` does not count them as activations.
+    """
+    from torch.autograd.profiler import record_function
+    with record_function(f"{GRADIENT_MARK}{int(nbytes)}"):
+        pass
 
 
 class TorchCPUMeter(Meter):
@@ -134,7 +141,7 @@ class TorchCPUMeter(Meter):
         self.timeline = allocator_timeline(self._profile)
         peak = max(self.timeline, key=lambda t: t.held, default=AllocatorStep(0, 0, 0))
         out = {"peak": max(0, peak.held), "held": self.timeline[-1].held if self.timeline else 0}
-        if self.timeline and self.timeline[-1].gradients:
+        if any(t.gradients for t in self.timeline):
             out["grad_at_peak"] = peak.gradients
             out["activation_peak"] = max(t.held - t.gradients for t in self.timeline)
         return out

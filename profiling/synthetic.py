@@ -41,7 +41,9 @@ def _row(backend, depth, width, batch, strategy, mode, optimizer, act, peak, par
             "engine_activation_bytes": float(act), "predicted_peak_bytes": float(peak) * 1.01,
             "predicted_activation_bytes": float(act), "time_s": time_s, "time_min_s": 0.9 * time_s,
             "time_max_s": 1.2 * time_s,
-            "wall_s": 0.1, "timed_steps": 1}
+            "wall_s": 0.1, "timed_steps": 1,
+            # torch's allocator: held − gradients, high-water (prediction rows have no gradient marks)
+            "torch_cpu_activation_peak": float(act) if backend == "torch" and train else None}
 
 
 def failed_row(status: str = "timeout", error: str = "no result after 1 s") -> dict:

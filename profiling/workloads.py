@@ -26,7 +26,7 @@ import numpy as np
 
 from .config import (BACKENDS, DEVICES, DTYPES, MODES, OPTIMIZERS, Config,  # noqa: F401  (re-exported)
                      known_strategies, validate)
-from .meters import mark_gradients
+from .meters import mark_gradient_bytes, mark_gradients
 
 STATE_SLOTS = {"none": 0, "sgd": 0, "momentum": 1, "adam": 2}   # state arrays per parameter
 
@@ -263,10 +263,12 @@ class TorchWorkload:
             return
         for p in self.params:
             p.grad = self.torch.zeros_like(p)
+            mark_gradient_bytes(p.grad.untyped_storage().nbytes())
         opt.step()
         opt.zero_grad(set_to_none=True)
-        self.optimizer_bytes = sum(v.numel() * v.element_size() for s in opt.state.values()
-                                   for v in s.values() if self.torch.is_tensor(v) and v.dim() > 0)
+        mark_gradient_bytes(-self.param_bytes)
+        self.optimizer_bytes = sum(v.untyped_storage().nbytes() for s in opt.state.values()     # Adam's 0-d
+                                   for v in s.values() if self.torch.is_tensor(v))              # step counters too
 
     def _loss(self, x, y):
         return self.torch.nn.functional.mse_loss(self.model(x), y)
@@ -350,7 +352,14 @@ def build(c: Config, seed: int = 0):
 
 
 def predicted(c: Config) -> dict:
-    """The engine's prediction for c (``ckpt.predict_memory``), plus the optimizer state it leaves out."""
+    """The memory model's prediction for c (``ckpt.predict_memory``), plus the optimizer state it leaves out.
+
+    numpy: the engine's MLP on the symbolic backend.  torch: a ``ckpt.Profile`` of what torch's
+    Linear/ReLU stages, loss and optimizer allocate (``profiling.torch_costs``).
+    """
+    if c.backend == "torch":
+        from . import torch_costs
+        return torch_costs.predicted(c)
     import ckpt
     model = ckpt.MLP([c.width] * (c.depth + 1), activation="relu", loss="mse", dtype=c.dtype)
     strategy = c.strategy if c.mode == "train" else "store_all"
