@@ -6,18 +6,19 @@ Which quantity each law is about matters.  A training peak holds the gradients
 * ``peak_bytes`` — the meter's figure for the whole step (optimizer state, gradients,
   activations, temporaries).  "store_all is linear in depth and batch" is fitted on it.
 * ``activation_bytes`` — the step's activation memory: the high-water, over the step, of the
-  bytes held less the gradients stored so far and the optimizer state (both resident-like: they
-  grow with depth·width² whatever the strategy).  torch: *measured* by torch's CPU allocator
-  (``torch_cpu_activation_peak``: held − gradients, each gradient entering the allocator's
-  timeline when autograd stores it) less ``optimizer_bytes``; where that figure is missing (CUDA,
-  older frames) the measured peak less the optimizer state and the gradients present at the peak.
-  numpy: the executor's ledger on the real arrays (*counted*, the same definition;
-  tracemalloc sees only one peak per step, and the ledger's totals match it, see ``pred_error``),
-  because the activation peak of a checkpointed step is not the moment of the whole step's peak.
-  ``activation_source`` says which.  The depth laws (slopes ≈ 1, ½, 0) are fitted on it.
+  bytes held less the gradients stored so far and the optimizer state (both grow with
+  depth·width² whatever the strategy), *measured* the same way on both backends.  torch:
+  torch's CPU allocator (``torch_cpu_activation_peak``: held − gradients, each gradient entering
+  the allocator's timeline when autograd stores it) less ``optimizer_bytes``.  numpy:
+  tracemalloc over one more training step run action by action (``tracemalloc_activation_peak``:
+  each action's peak less the gradients stored before it; no optimizer in it).  Older frames and
+  CUDA rows fall back to the executor's ledger (numpy, *counted*) or to the measured peak less the
+  optimizer state and the gradients present at the peak.  ``activation_source`` says which,
+  row by row.  The depth laws (slopes ≈ 1, ½, 0) are fitted on it.
 
-Claims need data that can decide them: a depth law needs ≥ 3 depths spanning ≥ 8×, a
-linear law ≥ 3 values; otherwise the claim reads "n/a: …", never "no".
+Claims need data that can decide them: a depth law needs ≥ 3 depths from depth 8 on spanning
+≥ 8× (``MIN_FIT_DEPTH``: below it a step's depth-independent few activations dominate), a linear
+law ≥ 3 values; otherwise the claim reads "n/a: …", never "no".
 """
 
 from __future__ import annotations
@@ -77,13 +78,14 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
 
 
 ALLOCATOR_ACTIVATION = "measured: torch CPU allocator, high-water of held − gradients − optimizer"
+TRACED_ACTIVATION = "measured: tracemalloc per action, high-water of held − gradients"
 
 
 def with_derived(df: pd.DataFrame) -> pd.DataFrame:
     """Add grad_at_peak_bytes, activation_bytes, other_bytes, pred_error, peak_with_params_bytes (see module doc)."""
     df = df.copy()
     for c in ("optimizer_bytes", "grad_bytes", "grad_at_peak_bytes", "saved_at_peak_bytes", "torch_cpu_grad_at_peak",
-              "torch_cpu_activation_peak"):
+              "torch_cpu_activation_peak", "tracemalloc_activation_peak"):
         if c not in df:
             df[c] = np.nan
     df["peak_source"] = [meter_label(m) for m in df["peak_meter"]] if len(df) else []
@@ -96,12 +98,16 @@ def with_derived(df: pd.DataFrame) -> pd.DataFrame:
     opt = df["optimizer_bytes"].fillna(0)
     measured = (df["peak_bytes"] - opt - grads).clip(lower=0)
     allocator = (df["backend"] == "torch") & df["torch_cpu_activation_peak"].notna()
+    traced = (df["backend"] == "numpy") & df["tracemalloc_activation_peak"].notna()
     counted = (df["backend"] == "numpy") & df["engine_activation_bytes"].notna()
-    df["activation_bytes"] = np.where(allocator, (df["torch_cpu_activation_peak"] - opt).clip(lower=0),
-                                      np.where(counted, df["engine_activation_bytes"], measured))
+    df["activation_bytes"] = np.select(
+        [allocator, traced, counted],
+        [(df["torch_cpu_activation_peak"] - opt).clip(lower=0), df["tracemalloc_activation_peak"],
+         df["engine_activation_bytes"]], measured)
     df["activation_source"] = np.select(
-        [allocator, counted, ledger, marked],
-        [ALLOCATOR_ACTIVATION, "counted: executor ledger on the real arrays (its totals match tracemalloc)",
+        [allocator, traced, counted, ledger, marked],
+        [ALLOCATOR_ACTIVATION, TRACED_ACTIVATION,
+         "counted: executor ledger on the real arrays (its totals match tracemalloc)",
          "measured − gradients at peak (ledger) − optimizer", "measured − gradients at peak (allocator marks) − optimizer"],
         "measured − all gradients − optimizer (a lower bound)")
     df["other_bytes"] = df["peak_bytes"] - opt - df["grad_at_peak_bytes"].fillna(0) - df["saved_at_peak_bytes"].fillna(0)
@@ -159,7 +165,11 @@ def _label(mode: str, strategy: str) -> str:
 
 
 MIN_POINTS, MIN_SPAN = 3, 8          # a depth law needs ≥ 3 depths spanning ≥ 8× (4–16 cannot tell 0.8 from 1)
-UNDECIDED_DEPTHS = f"n/a: needs ≥ {MIN_POINTS} depths spanning ≥ {MIN_SPAN}×"
+# Depth laws are fitted from depth 8 on: every step holds a depth-independent few activations (torch: the
+# loss's (batch, width) buffer, δ_n and a backward temporary — 3 of the 7 activations of store_all at depth 4),
+# which would bend a log-log slope fitted from depth 4 (torch store_all 0.90 over 4–512, 0.93 over 8–512).
+MIN_FIT_DEPTH = 8
+UNDECIDED_DEPTHS = f"n/a: needs ≥ {MIN_POINTS} depths ≥ {MIN_FIT_DEPTH} spanning ≥ {MIN_SPAN}×"
 UNDECIDED_LINE = f"n/a: needs ≥ {MIN_POINTS} values of the axis"
 
 
@@ -214,8 +224,8 @@ def product_fits(df: pd.DataFrame, y: str = "activation_bytes") -> pd.DataFrame:
 SLOPE_COLUMNS = SHAPE + ["batch", "strategy", "mode", "optimizer", "line", "quantity", "from", "to", "slope", "r2", "n"]
 
 
-def loglog_slopes(df: pd.DataFrame, y: str = "activation_bytes", min_depth: int = 1) -> pd.DataFrame:
-    """Per depth sweep (≥ 3 depths spanning ≥ 8×): the slope of log y against log depth (≈1 store_all, ≈½ sqrt_n, ≈0 recompute/predict)."""
+def loglog_slopes(df: pd.DataFrame, y: str = "activation_bytes", min_depth: int = MIN_FIT_DEPTH) -> pd.DataFrame:
+    """Per depth sweep (≥ 3 depths ≥ min_depth spanning ≥ 8×): the slope of log y against log depth (≈1 store_all, ≈½ sqrt_n, ≈0 recompute/predict)."""
     rows = []
     fixed = SHAPE + ["batch", "strategy", "mode", "optimizer"]
     for key, depth, values in _sweeps(df[df["depth"] >= min_depth] if len(df) else df, "depth", fixed, y,
@@ -339,9 +349,10 @@ def activation_label(df: pd.DataFrame, backend: str) -> str:
     """How a backend's training activation memory was obtained, in a few words (for summaries and axes)."""
     rows = df[(df["backend"] == backend) & (df["mode"] == "train")] if len(df) else df
     sources = set(rows["activation_source"].dropna().astype(str)) if "activation_source" in rows else set()
-    short = {"counted: executor ledger" if s.startswith("counted")
-             else "measured: torch_cpu_activation_peak − optimizer" if s == ALLOCATOR_ACTIVATION
-             else f"measured: {_measured_by(df, backend)} − gradients" for s in sources}
+    named = {ALLOCATOR_ACTIVATION: "measured: torch_cpu_activation_peak − optimizer",
+             TRACED_ACTIVATION: "measured: tracemalloc_activation_peak"}
+    short = {"counted: executor ledger" if s.startswith("counted") else named.get(s, f"measured: {_measured_by(df, backend)} − gradients")
+             for s in sources}
     return " / ".join(sorted(short)) or "–"
 
 

@@ -206,14 +206,16 @@ threshold_backward's and mm's buffers; the MSE loss's (batch, width) buffer that
 Adam's update temporaries and step counters; the generator states ckpt saves for replays).
 
 Activation laws are fitted on `activation_bytes`: the high-water over the step of the bytes held less the
-gradients stored so far and the optimizer state. torch: *measured* by torch's CPU allocator
-(`torch_cpu_activation_peak`, gradients entering its timeline when autograd stores them, less
-`optimizer_bytes`); numpy: the same quantity *counted* by the executor's ledger on the real arrays
-(tracemalloc reports one peak per step; the ledger's totals match it, see the prediction errors). The
-`activation_source` column of `results.csv` says which, row by row. The totals
+gradients stored so far and the optimizer state, *measured* the same way on both backends. torch: torch's
+CPU allocator (`torch_cpu_activation_peak`, gradients entering its timeline when autograd stores them, less
+`optimizer_bytes`); numpy: tracemalloc over one more training step run action by action
+(`tracemalloc_activation_peak`, each action's peak less the gradients stored before it). The
+`activation_source` column of `results.csv` says which, row by row (older frames: the executor's ledger,
+counted). The totals
 are fitted too: gradients grow as depth·width² whatever the strategy, so a total cannot be flat in depth.
-A depth law needs ≥ 3 depths spanning ≥ 8× and a linear law ≥ 3 values; a target the grid cannot decide
-reads "n/a".
+A depth law is fitted from depth 8 on (below it the step's depth-independent few activations — on torch
+the loss's (batch, width) buffer, δ_n and a backward temporary — are a large share of the total) and needs
+≥ 3 such depths spanning ≥ 8×; a linear law needs ≥ 3 values; a target the grid cannot decide reads "n/a".
 """
 
 FIT_HEADERS = {"slope": "slope (log-log)", "r2": "R²", "from": "from depth", "to": "to depth"}
@@ -228,7 +230,7 @@ def _fits_section(prepared: pd.DataFrame) -> list[str]:
     totals = A.loglog_slopes(prepared, "peak_bytes")
     fit_cols = ["backend", "width", "batch", "line", "optimizer", "from", "to", "slope", "r2", "n"]
     parts = ["## Fitted laws\n",
-             "### Log-log slope of activation memory in depth (numpy: counted by the ledger; torch: measured)\n",
+             "### Log-log slope of activation memory in depth (measured: tracemalloc / torch CPU allocator, see activation_source)\n",
              md_table(slopes[fit_cols], {"slope": ".3f", "r2": ".4f"}, FIT_HEADERS) if len(slopes)
              else f"_{A.UNDECIDED_DEPTHS}: this grid has no such depth sweep._\n",
              "### Log-log slope of the whole step's measured peak in depth (gradients included)\n",
@@ -240,7 +242,7 @@ def _fits_section(prepared: pd.DataFrame) -> list[str]:
                   md_table(lin[["backend", "width", "axis", "depth", "batch", "line", "optimizer", "from", "to", "a",
                                 "b", "r2"]], {"a": "mib", "b": "mib", "r2": ".4f"},
                            {"a": "a (MiB)", "b": "b (MiB per unit of axis)", "r2": "R²"})]
-    for quantity, title in (("activation_bytes", "activation (numpy: counted; torch: measured)"),
+    for quantity, title in (("activation_bytes", "activation (measured; see activation_source)"),
                             ("peak_bytes", "measured whole-step peak (gradients grow with depth alone)")):
         prod = A.product_fits(prepared, quantity)
         if len(prod):

@@ -20,7 +20,9 @@ and plain torch otherwise — plain torch can only run ``store_all`` — and pla
 
 from __future__ import annotations
 
+import sys
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -146,6 +148,38 @@ class NumpyWorkload:
         result = self.ckpt.execute(self.schedule, backend, self.x, self.y)
         opt.step(result.grads)
         self.stats, self.optimizer_bytes = result.stats, opt.nbytes
+
+    def activation_peak(self) -> int | None:
+        """Measured: tracemalloc's high-water of bytes held less the gradients stored, over one training step.
+
+        The step runs action by action (``ckpt.executor.start``), tracemalloc's peak reset before
+        each; an action's figure is its peak less the gradients of the stages finished before it
+        (their arrays and dicts, ``sys.getsizeof``: tracemalloc traces Python objects too) — the
+        definition of torch's ``torch_cpu_activation_peak``.  The
+        optimizer (state and update) is left out: its state is resident, its update in place.
+        None in predict mode.
+        """
+        if self.c.mode != "train":
+            return None
+        from ckpt.executor import start
+        owner = not tracemalloc.is_tracing()
+        if owner:
+            tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            run = start(self.schedule, self.backend, self.x, self.y, account=False)     # no ledger: its entries
+            best = 0                                                                  # would be traced too
+            for action in self.schedule.actions:
+                stored = sum(sys.getsizeof(grads) + sum(map(sys.getsizeof, grads.values()))   # Python objects
+                             for grads in run.grads if grads)                                 # too: traced
+                tracemalloc.reset_peak()
+                run.steps((action,))
+                best = max(best, tracemalloc.get_traced_memory()[1] - base - stored)
+            del run
+            return best
+        finally:
+            if owner:
+                tracemalloc.stop()
 
     def warm_up(self) -> None:
         """One step on a 1-row batch: fills the interpreter's and numpy's one-time caches outside the region."""
