@@ -365,21 +365,25 @@ def targets(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame(columns=columns)
     lin, act = linear_fits(df, "peak_bytes"), loglog_slopes(df, "activation_bytes")
+    lin_act = linear_fits(df, "activation_bytes")
     rows = []
 
-    def add(claim, backend, values, target, test, relevant, undecided, unresolved=None):
+    def add(claim, backend, values, target, test, relevant, undecided, unresolved=None, meter=None):
         if not relevant:
             return
         values = [v for v in values if pd.notna(v)]
         met = unresolved or (all(test(v) for v in values) if values else undecided)
-        rows.append({"claim": claim, "meter": _measured_by(df, backend),
+        rows.append({"claim": claim, "meter": meter or _measured_by(df, backend),
                      "value": ", ".join(f"{v:.4f}" for v in values) or "–", "target": target, "met": met})
 
     for backend in ("numpy", "torch"):
+        activation_meter = activation_label(df, backend)
         for axis in ("depth", "batch"):
-            f = _pick(lin, axis=axis, strategy="store_all", mode="train", backend=backend)
-            add(f"store_all train peak linear in {axis} (R², {backend})", backend, f["r2"], "≥ 0.99",
-                lambda v: v >= 0.99, _has(df, backend, "train", "store_all"), UNDECIDED_LINE.replace("axis", axis))
+            for fits, quantity, meter in ((lin, "peak", None), (lin_act, "activation", activation_meter)):
+                f = _pick(fits, axis=axis, strategy="store_all", mode="train", backend=backend)
+                add(f"store_all train {quantity} linear in {axis} (R², {backend})", backend, f["r2"], "≥ 0.99",
+                    lambda v: v >= 0.99, _has(df, backend, "train", "store_all"), UNDECIDED_LINE.replace("axis", axis),
+                    meter=meter)
         f = _pick(act, line="predict", backend=backend)
         add(f"predict peak flat in depth (log-log slope, {backend})", backend, f["slope"], "|slope| ≤ 0.1",
             lambda v: abs(v) <= 0.1, _has(df, backend, "predict"), UNDECIDED_DEPTHS,
@@ -389,7 +393,7 @@ def targets(df: pd.DataFrame) -> pd.DataFrame:
                                        ("recompute", "≈ 0 (|slope| ≤ 0.1)", lambda v: abs(v) <= 0.1)):
             f = _pick(act, line=strategy, mode="train", backend=backend)
             add(f"{strategy} activation log-log slope in depth ({backend})", backend, f["slope"], target, test,
-                _has(df, backend, "train", strategy), UNDECIDED_DEPTHS)
+                _has(df, backend, "train", strategy), UNDECIDED_DEPTHS, meter=activation_meter)
         rows_b = df[df["backend"] == backend]
         tolerance = 0.05
         add(f"{backend}: worst |measured − predicted| / predicted", backend, [rows_b["pred_error"].abs().max()],

@@ -107,3 +107,14 @@ def test_torch_cpu_peak_is_the_torch_stage_prediction():
     # workloads.predicted describes torch rows by torch's own stages (profiling.torch_costs): exact bytes
     pytest.importorskip("torch")
     assert [_torch_measured_minus_predicted("store_all", d) for d in (16, 64)] == [0, 0]
+
+
+def test_numpy_activation_peak_is_measured_per_action_and_matches_the_ledger():
+    from profiling.workloads import build
+    c = validate(Config(depth=16, width=64, batch=128, strategy="sqrt_n"))
+    w = build(c)
+    w.warm_up()
+    w.step()
+    traced = w.activation_peak()
+    assert traced == pytest.approx(w.stats.peak_activation_bytes, rel=0.03)   # + Python objects tracemalloc sees
+    assert build(validate(Config(depth=4, mode="predict"))).activation_peak() is None
