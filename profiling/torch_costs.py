@@ -28,6 +28,10 @@ scalars) and returns a 0-d *view* of one of them, so the loss value keeps a byte
 the workload.  Its backward starts from a 0-d ``ones_like`` gradient (one item, also
 held to the end: counted in ``loss_bytes``) and allocates δ_n (a).
 
+Gradients: the step starts with ``p.grad = None`` (``zero_grad(set_to_none=True)``), so
+each Linear's backward allocates ∂W and ∂b fresh and autograd's AccumulateGrad keeps that
+very buffer as ``.grad`` (no accumulation copy); they stay to the step's end (``grad_bytes``).
+
 Two more allocations happen outside the chain, at the step's end, and are added
 here (``optimizer_step_bytes``): the optimizer's update, when every gradient is
 held.  SGD, with or without momentum, updates in place (0 bytes); Adam's
@@ -36,6 +40,9 @@ temporaries of the parameter's size alive at once, for the largest parameter
 (2w).  The optimizer's state (one or two copies of the parameters, and Adam's
 per-parameter 4-byte ``step`` counters) is allocated at the region's start and
 resident: ``optimizer_state_bytes``.
+
+On CUDA the same model applies up to the caching allocator's rounding (blocks of 512 bytes);
+it is exact for torch's CPU allocator, whose records carry the requested sizes.
 """
 
 from __future__ import annotations
