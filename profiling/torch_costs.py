@@ -145,13 +145,17 @@ def predicted(c) -> dict:
     if c.mode == "predict":
         s = ckpt.predict_memory(profile, mode="predict")
         return {"predicted_peak_bytes": s.peak_bytes, "predicted_activation_bytes": s.peak_activation_bytes,
-                "predicted_saved_bytes": 0}
-    schedule = ckpt.schedule_for(profile, c.strategy, **c.strategy_options)
+                "predicted_saved_bytes": 0, "predicted_forward_steps": s.forward_steps}
+    fused = bool(getattr(c, "fused", False))
+    schedule = ckpt.schedule_for(profile, c.strategy, **({"fused": True} if fused else {}), **c.strategy_options)
     backend = profile_backend(profile, rng_state_nbytes() if schedule.replay_starts() else 0)
     s = ckpt.execute(schedule, backend, *backend.inputs()).stats
     sizes = parameter_sizes(c.depth, c.width, c.dtype)
-    at_end = sum(sizes) + profile.loss_bytes + optimizer_step_bytes(c.optimizer, sizes)
+    # the optimizer's update: after the backward over every gradient; fused, one parameter's at a time
+    held_grads = max(sizes) if fused else sum(sizes)
+    at_end = held_grads + profile.loss_bytes + optimizer_step_bytes(c.optimizer, sizes)
     resident = optimizer_state_bytes(c.optimizer, sizes) + rng_state_bytes(schedule)
     return {"predicted_peak_bytes": max(s.peak_bytes, at_end) + resident,
             "predicted_activation_bytes": s.peak_activation_bytes,
-            "predicted_saved_bytes": s.peak_saved_bytes}
+            "predicted_saved_bytes": s.peak_saved_bytes,
+            "predicted_forward_steps": s.forward_steps}
