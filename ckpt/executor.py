@@ -188,6 +188,10 @@ class Run:
         if value is not None:
             self.ledger.hold("current", value)
 
+    def drop_current(self) -> None:
+        """Release the current activation now: for a backend whose ``Backward`` runs later (inside autograd)."""
+        self._set_current(None, None)
+
     # -- actions ------------------------------------------------------------
     def do(self, a) -> None:
         """Apply one action (dispatch on its type; see ``_HANDLERS``)."""
@@ -234,6 +238,9 @@ class Run:
         self._set_current(None, None)
         self.delta = (self.n, delta)
         self.ledger.hold("delta", delta)
+        held_loss = getattr(self.backend, "held_loss", None)     # a loss value that keeps memory, to the step's end
+        if held_loss is not None:
+            self.ledger.hold("delta", *held_loss(self.loss))
 
     def _backward(self, a: Backward) -> None:
         self._set_current(None, None)

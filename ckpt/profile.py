@@ -15,7 +15,9 @@ chain written by hand.  Per stage i (``StageCost``):
 * ``grad_bytes`` – its parameter gradients, held from its backward to the step's end.
 
 Plus ``input_bytes`` (x_0, the caller's: never counted in a peak, but δ_0 has its
-size), the loss's time and transient bytes, and ``time_unit`` saying whether
+size), the loss's time and transient bytes, ``loss_bytes`` (what the loss value
+itself keeps from ``Loss()`` to the step's end: 0 for a float; torch's ``mse_loss``
+returns a 0-d view of a (batch, C) buffer), and ``time_unit`` saying whether
 times are seconds (measured) or FLOPs (a model).
 """
 
@@ -64,6 +66,7 @@ class Profile:
     input_bytes: int
     loss_time: float = 0.0
     loss_transient: int = 0
+    loss_bytes: int = 0
     time_unit: str = "seconds"
     source: str = "by hand"
     meta: dict = field(default_factory=dict, compare=False)
@@ -74,8 +77,10 @@ class Profile:
             raise ValueError("profile: a profile needs at least one stage, got none")
         if not all(isinstance(s, StageCost) for s in self.stages):
             raise TypeError("profile: stages must be ckpt.StageCost objects")
-        if not isinstance(self.input_bytes, (int, np.integer)) or self.input_bytes < 0:
-            raise ValueError(f"profile: input_bytes must be an int ≥ 0, got {self.input_bytes!r}")
+        for name in ("input_bytes", "loss_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"profile: {name} must be an int ≥ 0, got {value!r}")
 
     def __len__(self) -> int:
         return len(self.stages)

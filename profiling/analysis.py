@@ -5,18 +5,20 @@ Which quantity each law is about matters.  A training peak holds the gradients
 
 * ``peak_bytes`` — the meter's figure for the whole step (optimizer state, gradients,
   activations, temporaries).  "store_all is linear in depth and batch" is fitted on it.
-* ``activation_bytes`` — the step's activation memory, gradients and optimizer state left out.
-  torch: the *measured* peak less the optimizer state and the gradients present at the
-  peak (their bytes are exact; when they existed comes from ckpt's ledger where it ran,
-  else from the gradient marks in torch's allocator timeline, else all gradients: a lower
-  bound) — never ckpt's own activation count.  numpy: the executor's ledger on the real
-  arrays (*counted*; tracemalloc sees only one peak per step, and the ledger's totals
-  match it, see ``pred_error``), because the activation peak of a checkpointed step is
-  not the moment of the whole step's peak.  ``activation_source`` says which.  The depth
-  laws (slopes ≈ 1, ½, 0) are fitted on it.
+* ``activation_bytes`` — the step's activation memory: the high-water, over the step, of the
+  bytes held less the gradients stored so far and the optimizer state (both grow with
+  depth·width² whatever the strategy), *measured* the same way on both backends.  torch:
+  torch's CPU allocator (``torch_cpu_activation_peak``: held − gradients, each gradient entering
+  the allocator's timeline when autograd stores it) less ``optimizer_bytes``.  numpy:
+  tracemalloc over one more training step run action by action (``tracemalloc_activation_peak``:
+  each action's peak less the gradients stored before it; no optimizer in it).  Older frames and
+  CUDA rows fall back to the executor's ledger (numpy, *counted*) or to the measured peak less the
+  optimizer state and the gradients present at the peak.  ``activation_source`` says which,
+  row by row.  The depth laws (slopes ≈ 1, ½, 0) are fitted on it.
 
-Claims need data that can decide them: a depth law needs ≥ 3 depths spanning ≥ 8×, a
-linear law ≥ 3 values; otherwise the claim reads "n/a: …", never "no".
+Claims need data that can decide them: a depth law needs ≥ 3 depths from depth 8 on spanning
+≥ 8× (``MIN_FIT_DEPTH``: below it a step's depth-independent few activations dominate), a linear
+law ≥ 3 values; otherwise the claim reads "n/a: …", never "no".
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .config import analysis_columns, unset_columns
+from .config import STRATEGY_OPTIONS, analysis_columns, unset_columns
 
 CONFIG = analysis_columns()          # every grid field of the schema (profiling.config)
 SHAPE = ["backend", "device", "width", "dtype"]
@@ -75,10 +77,15 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     return agg.drop(columns=unset_columns(agg))
 
 
+ALLOCATOR_ACTIVATION = "measured: torch CPU allocator, high-water of held − gradients − optimizer"
+TRACED_ACTIVATION = "measured: tracemalloc per action, high-water of held − gradients"
+
+
 def with_derived(df: pd.DataFrame) -> pd.DataFrame:
     """Add grad_at_peak_bytes, activation_bytes, other_bytes, pred_error, peak_with_params_bytes (see module doc)."""
     df = df.copy()
-    for c in ("optimizer_bytes", "grad_bytes", "grad_at_peak_bytes", "saved_at_peak_bytes", "torch_cpu_grad_at_peak"):
+    for c in ("optimizer_bytes", "grad_bytes", "grad_at_peak_bytes", "saved_at_peak_bytes", "torch_cpu_grad_at_peak",
+              "torch_cpu_activation_peak", "tracemalloc_activation_peak"):
         if c not in df:
             df[c] = np.nan
     df["peak_source"] = [meter_label(m) for m in df["peak_meter"]] if len(df) else []
@@ -90,22 +97,54 @@ def with_derived(df: pd.DataFrame) -> pd.DataFrame:
     grads = df["grad_at_peak_bytes"].fillna(df["grad_bytes"].fillna(0))
     opt = df["optimizer_bytes"].fillna(0)
     measured = (df["peak_bytes"] - opt - grads).clip(lower=0)
+    allocator = (df["backend"] == "torch") & df["torch_cpu_activation_peak"].notna()
+    traced = (df["backend"] == "numpy") & df["tracemalloc_activation_peak"].notna()
     counted = (df["backend"] == "numpy") & df["engine_activation_bytes"].notna()
-    df["activation_bytes"] = np.where(counted, df["engine_activation_bytes"], measured)
-    df["activation_source"] = np.where(
-        counted, "counted: executor ledger on the real arrays (its totals match tracemalloc)",
-        np.where(ledger, "measured − gradients at peak (ledger) − optimizer",
-                 np.where(marked, "measured − gradients at peak (allocator marks) − optimizer",
-                          "measured − all gradients − optimizer (a lower bound)")))
+    df["activation_bytes"] = np.select(
+        [allocator, traced, counted],
+        [(df["torch_cpu_activation_peak"] - opt).clip(lower=0), df["tracemalloc_activation_peak"],
+         df["engine_activation_bytes"]], measured)
+    df["activation_source"] = np.select(
+        [allocator, traced, counted, ledger, marked],
+        [ALLOCATOR_ACTIVATION, TRACED_ACTIVATION,
+         "counted: executor ledger on the real arrays (its totals match tracemalloc)",
+         "measured − gradients at peak (ledger) − optimizer", "measured − gradients at peak (allocator marks) − optimizer"],
+        "measured − all gradients − optimizer (a lower bound)")
     df["other_bytes"] = df["peak_bytes"] - opt - df["grad_at_peak_bytes"].fillna(0) - df["saved_at_peak_bytes"].fillna(0)
     df["pred_error"] = (df["peak_bytes"] - df["predicted_peak_bytes"]) / df["predicted_peak_bytes"]
     df["peak_with_params_bytes"] = df["peak_bytes"] + df["param_bytes"].fillna(0)
     return df
 
 
+def _option_text(name: str, value) -> str:
+    if name == "budget":
+        return f"budget={value / 2 ** 20:g} MiB"
+    if name == "fused":
+        return "fused"
+    return f"{name}={int(value) if isinstance(value, float) and value.is_integer() else value}"
+
+
+def series_names(df: pd.DataFrame) -> pd.Series:
+    """Each row's strategy with the options it was run with, e.g. ``revolve (slots=2)``: one series per option value.
+
+    Rows without options keep the bare name (``store_all``, ``sqrt_n``), which the targets look for.
+    """
+    options = [c for c in (*STRATEGY_OPTIONS, "fused", "options") if c in df]
+
+    def name(row) -> str:
+        given = [_option_text(c, row[c]) for c in options
+                 if pd.notna(row[c]) and row[c] is not False and row[c] != "" and not (c == "fused" and not row[c])]
+        return f"{row['strategy']} ({', '.join(given)})" if given and row["mode"] == "train" else row["strategy"]
+    return df.apply(name, axis=1) if len(df) and options else df["strategy"]
+
+
 def prepare(df: pd.DataFrame) -> pd.DataFrame:
-    """ok rows, aggregated over repeats, with the derived columns: the input of every analysis."""
-    return with_derived(aggregate(df))
+    """ok rows, aggregated over repeats, with the derived columns: the input of every analysis.
+
+    ``strategy`` names the series: a strategy run with options gets them in its name (``series_names``).
+    """
+    prepared = with_derived(aggregate(df))
+    return prepared.assign(strategy=series_names(prepared)) if len(prepared) else prepared
 
 
 def line_fit(x, y) -> dict:
@@ -113,8 +152,10 @@ def line_fit(x, y) -> dict:
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 2 or np.ptp(x) == 0:
         return {"a": np.nan, "b": np.nan, "r2": np.nan, "n": len(x)}
-    b, a = np.polyfit(x, y, 1)
-    ss_res, ss_tot = np.sum((y - (a + b * x)) ** 2), np.sum((y - y.mean()) ** 2)
+    dx, dy = x - x.mean(), y - y.mean()                 # closed form (np.polyfit costs 10× more per call)
+    b = float(dx @ dy / (dx @ dx))
+    a = float(y.mean() - b * x.mean())
+    ss_res, ss_tot = np.sum((y - (a + b * x)) ** 2), np.sum(dy ** 2)
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
     return {"a": a, "b": b, "r2": r2, "n": len(x)}
 
@@ -124,18 +165,29 @@ def _label(mode: str, strategy: str) -> str:
 
 
 MIN_POINTS, MIN_SPAN = 3, 8          # a depth law needs ≥ 3 depths spanning ≥ 8× (4–16 cannot tell 0.8 from 1)
-UNDECIDED_DEPTHS = f"n/a: needs ≥ {MIN_POINTS} depths spanning ≥ {MIN_SPAN}×"
+# Depth laws are fitted from depth 8 on: every step holds a depth-independent few activations (torch: the
+# loss's (batch, width) buffer, δ_n and a backward temporary — 3 of the 7 activations of store_all at depth 4),
+# which would bend a log-log slope fitted from depth 4 (torch store_all 0.90 over 4–512, 0.93 over 8–512).
+MIN_FIT_DEPTH = 8
+UNDECIDED_DEPTHS = f"n/a: needs ≥ {MIN_POINTS} depths ≥ {MIN_FIT_DEPTH} spanning ≥ {MIN_SPAN}×"
 UNDECIDED_LINE = f"n/a: needs ≥ {MIN_POINTS} values of the axis"
 
 
-def _sweeps(df: pd.DataFrame, axis: str, fixed: list[str], min_points: int = MIN_POINTS, min_span: float = 1):
-    """Groups of rows that vary ``axis`` alone (everything in ``fixed`` held), ≥ min_points values spanning ≥ min_span×."""
+def _sweeps(df: pd.DataFrame, axis: str, fixed: list[str], y: str, min_points: int = MIN_POINTS, min_span: float = 1):
+    """Sweeps that vary ``axis`` alone (everything in ``fixed`` held), ≥ min_points values spanning ≥ min_span×.
+
+    Yields (the held values as a dict, axis values, y values), sorted by axis: plain arrays, as a
+    frame per group costs most of a report's time.
+    """
     if df.empty:
         return
-    for key, g in df.groupby(fixed, dropna=False):
-        values = g[axis]
-        if values.nunique() >= min_points and values.max() >= min_span * values.min():
-            yield dict(zip(fixed, key if isinstance(key, tuple) else (key,))), g.sort_values(axis)
+    xs, ys = df[axis].to_numpy(), df[y].to_numpy(float)          # the axis keeps its type (depth 8, not 8.0)
+    for key, rows in df.groupby(fixed, dropna=False).indices.items():
+        x = xs[rows]
+        distinct = np.unique(x[pd.notna(x)])
+        if len(distinct) >= min_points and distinct[-1] >= min_span * distinct[0]:
+            order = np.argsort(x, kind="stable")
+            yield dict(zip(fixed, key if isinstance(key, tuple) else (key,))), x[order], ys[rows][order]
 
 
 LINEAR_COLUMNS = SHAPE + ["depth", "batch", "strategy", "mode", "optimizer", "axis", "quantity", "line", "from", "to",
@@ -147,10 +199,9 @@ def linear_fits(df: pd.DataFrame, y: str = "peak_bytes") -> pd.DataFrame:
     rows = []
     for axis, other in (("depth", "batch"), ("batch", "depth")):
         fixed = SHAPE + [other, "strategy", "mode", "optimizer"]
-        for key, g in _sweeps(df, axis, fixed):
-            fit = line_fit(g[axis], g[y])
+        for key, x, values in _sweeps(df, axis, fixed, y):
             rows.append({**key, "axis": axis, "quantity": y, "line": _label(key["mode"], key["strategy"]),
-                         "from": g[axis].min(), "to": g[axis].max(), **fit})
+                         "from": x.min(), "to": x.max(), **line_fit(x, values)})
     return pd.DataFrame(rows, columns=LINEAR_COLUMNS)
 
 
@@ -173,17 +224,19 @@ def product_fits(df: pd.DataFrame, y: str = "activation_bytes") -> pd.DataFrame:
 SLOPE_COLUMNS = SHAPE + ["batch", "strategy", "mode", "optimizer", "line", "quantity", "from", "to", "slope", "r2", "n"]
 
 
-def loglog_slopes(df: pd.DataFrame, y: str = "activation_bytes", min_depth: int = 1) -> pd.DataFrame:
-    """Per depth sweep (≥ 3 depths spanning ≥ 8×): the slope of log y against log depth (≈1 store_all, ≈½ sqrt_n, ≈0 recompute/predict)."""
+def loglog_slopes(df: pd.DataFrame, y: str = "activation_bytes", min_depth: int = MIN_FIT_DEPTH) -> pd.DataFrame:
+    """Per depth sweep (≥ 3 depths ≥ min_depth spanning ≥ 8×): the slope of log y against log depth (≈1 store_all, ≈½ sqrt_n, ≈0 recompute/predict)."""
     rows = []
     fixed = SHAPE + ["batch", "strategy", "mode", "optimizer"]
-    for key, g in _sweeps(df[df["depth"] >= min_depth] if len(df) else df, "depth", fixed, min_span=MIN_SPAN):
-        g = g[g[y] > 0]
-        if g["depth"].nunique() < MIN_POINTS or g["depth"].max() < MIN_SPAN * g["depth"].min():
+    for key, depth, values in _sweeps(df[df["depth"] >= min_depth] if len(df) else df, "depth", fixed, y,
+                                      min_span=MIN_SPAN):
+        positive = values > 0
+        depth, values = depth[positive], values[positive]
+        if len(np.unique(depth)) < MIN_POINTS or depth.max() < MIN_SPAN * depth.min():
             continue
-        fit = line_fit(np.log(g["depth"]), np.log(g[y]))
+        fit = line_fit(np.log(depth), np.log(values))
         rows.append({**key, "line": _label(key["mode"], key["strategy"]), "quantity": y,
-                     "from": g["depth"].min(), "to": g["depth"].max(), "slope": fit["b"], "r2": fit["r2"], "n": fit["n"]})
+                     "from": depth.min(), "to": depth.max(), "slope": fit["b"], "r2": fit["r2"], "n": fit["n"]})
     return pd.DataFrame(rows, columns=SLOPE_COLUMNS)
 
 
@@ -329,7 +382,9 @@ def activation_label(df: pd.DataFrame, backend: str) -> str:
     """How a backend's training activation memory was obtained, in a few words (for summaries and axes)."""
     rows = df[(df["backend"] == backend) & (df["mode"] == "train")] if len(df) else df
     sources = set(rows["activation_source"].dropna().astype(str)) if "activation_source" in rows else set()
-    short = {"counted: executor ledger" if s.startswith("counted") else f"measured: {_measured_by(df, backend)} − gradients"
+    named = {ALLOCATOR_ACTIVATION: "measured: torch_cpu_activation_peak − optimizer",
+             TRACED_ACTIVATION: "measured: tracemalloc_activation_peak"}
+    short = {"counted: executor ledger" if s.startswith("counted") else named.get(s, f"measured: {_measured_by(df, backend)} − gradients")
              for s in sources}
     return " / ".join(sorted(short)) or "–"
 
@@ -343,21 +398,25 @@ def targets(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame(columns=columns)
     lin, act = linear_fits(df, "peak_bytes"), loglog_slopes(df, "activation_bytes")
+    lin_act = linear_fits(df, "activation_bytes")
     rows = []
 
-    def add(claim, backend, values, target, test, relevant, undecided, unresolved=None):
+    def add(claim, backend, values, target, test, relevant, undecided, unresolved=None, meter=None):
         if not relevant:
             return
         values = [v for v in values if pd.notna(v)]
         met = unresolved or (all(test(v) for v in values) if values else undecided)
-        rows.append({"claim": claim, "meter": _measured_by(df, backend),
+        rows.append({"claim": claim, "meter": meter or _measured_by(df, backend),
                      "value": ", ".join(f"{v:.4f}" for v in values) or "–", "target": target, "met": met})
 
     for backend in ("numpy", "torch"):
+        activation_meter = activation_label(df, backend)
         for axis in ("depth", "batch"):
-            f = _pick(lin, axis=axis, strategy="store_all", mode="train", backend=backend)
-            add(f"store_all train peak linear in {axis} (R², {backend})", backend, f["r2"], "≥ 0.99",
-                lambda v: v >= 0.99, _has(df, backend, "train", "store_all"), UNDECIDED_LINE.replace("axis", axis))
+            for fits, quantity, meter in ((lin, "peak", None), (lin_act, "activation", activation_meter)):
+                f = _pick(fits, axis=axis, strategy="store_all", mode="train", backend=backend)
+                add(f"store_all train {quantity} linear in {axis} (R², {backend})", backend, f["r2"], "≥ 0.99",
+                    lambda v: v >= 0.99, _has(df, backend, "train", "store_all"), UNDECIDED_LINE.replace("axis", axis),
+                    meter=meter)
         f = _pick(act, line="predict", backend=backend)
         add(f"predict peak flat in depth (log-log slope, {backend})", backend, f["slope"], "|slope| ≤ 0.1",
             lambda v: abs(v) <= 0.1, _has(df, backend, "predict"), UNDECIDED_DEPTHS,
@@ -367,7 +426,7 @@ def targets(df: pd.DataFrame) -> pd.DataFrame:
                                        ("recompute", "≈ 0 (|slope| ≤ 0.1)", lambda v: abs(v) <= 0.1)):
             f = _pick(act, line=strategy, mode="train", backend=backend)
             add(f"{strategy} activation log-log slope in depth ({backend})", backend, f["slope"], target, test,
-                _has(df, backend, "train", strategy), UNDECIDED_DEPTHS)
+                _has(df, backend, "train", strategy), UNDECIDED_DEPTHS, meter=activation_meter)
         rows_b = df[df["backend"] == backend]
         tolerance = 0.05
         add(f"{backend}: worst |measured − predicted| / predicted", backend, [rows_b["pred_error"].abs().max()],

@@ -114,13 +114,20 @@ def mark_gradients(params, released: bool = False) -> list:
     registration order), marks each gradient's release by the fused step, so ``grad_at_peak``
     counts the gradients alive at the peak.
     """
-    from torch.autograd.profiler import record_function
-    sign = -1 if released else 1
+    sign = -1 if released else 1          # released: the fused hook has already dropped p.grad
+    return [p.register_post_accumulate_grad_hook(lambda p: mark_gradient_bytes(sign * p.numel() * p.element_size()))
+            for p in params]
 
-    def mark(p):
-        with record_function(f"{GRADIENT_MARK}{sign * p.numel() * p.element_size()}"):
-            pass
-    return [p.register_post_accumulate_grad_hook(mark) for p in params]
+
+def mark_gradient_bytes(nbytes: int) -> None:
+    """Annotate the profiler's timeline: gradients now hold ``nbytes`` more (negative: fewer) bytes.
+
+    For gradients set without autograd (an optimizer primed with zero gradients, then ``zero_grad``),
+    so that ``activation_peak`` does not count them as activations.
+    """
+    from torch.autograd.profiler import record_function
+    with record_function(f"{GRADIENT_MARK}{int(nbytes)}"):
+        pass
 
 
 class TorchCPUMeter(Meter):

@@ -59,8 +59,8 @@ def md_table(df: pd.DataFrame, formats: dict | None = None, headers: dict | None
     formats, headers = formats or {}, headers or {}
     cols = list(df.columns)
     lines = ["| " + " | ".join(_header(c, formats.get(c), headers) for c in cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in df.iterrows():
-        lines.append("| " + " | ".join(_cell(row[c], formats.get(c)).replace("|", "\\|") for c in cols) + " |")
+    for values in df.itertuples(index=False, name=None):         # iterrows builds a Series per row: 10× slower
+        lines.append("| " + " | ".join(_cell(v, formats.get(c)).replace("|", "\\|") for c, v in zip(cols, values)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -200,18 +200,24 @@ Meters (what each figure's *measured* means):
   samples, whichever is larger) as a cross-check: it also counts allocator slack and cannot resolve sub-MiB peaks;
 - CUDA — `torch.cuda.max_memory_allocated/reserved` (reset per region) and NVML device-used when present.
 
-The prediction is `ckpt.predict_memory` (the schedule executed on shapes, for the numpy MLP of the same
-sizes) plus the optimizer's state (0, 1 or 2 copies of the parameters for sgd, momentum, adam). On torch
-its tapes are exact (one kept activation per Linear+ReLU stage) but its transients are numpy's (a bool
-mask per ReLU, numpy's δ temporaries), so a torch row differs from it by a depth-independent amount of a
-few activations: small against deep chains, up to ~10% at depth ≤ 16.
+The prediction is `ckpt.predict_memory`, the schedule executed on a description of each stage's
+bytes, plus the optimizer's state. numpy: the engine's MLP on shapes (its layers declare what they
+keep and allocate). torch: a `ckpt.Profile` of what torch's own kernels allocate (`profiling.torch_costs`:
+2·depth stages, Linear and ReLU each one; addmm's output and saved input, ReLU's saved output,
+threshold_backward's and mm's buffers; the MSE loss's (batch, width) buffer that the 0-d loss keeps;
+Adam's update temporaries and step counters; the generator states ckpt saves for replays).
 
-Activation laws are fitted on `activation_bytes`: the *measured* peak less the optimizer state and the
-gradients present at the peak (their bytes are exact; when they existed comes from the executor's
-ledger or the allocator's gradient marks — the `activation_source` column of `results.csv`). The totals
+Activation laws are fitted on `activation_bytes`: the high-water over the step of the bytes held less the
+gradients stored so far and the optimizer state, *measured* the same way on both backends. torch: torch's
+CPU allocator (`torch_cpu_activation_peak`, gradients entering its timeline when autograd stores them, less
+`optimizer_bytes`); numpy: tracemalloc over one more training step run action by action
+(`tracemalloc_activation_peak`, each action's peak less the gradients stored before it). The
+`activation_source` column of `results.csv` says which, row by row (older frames: the executor's ledger,
+counted). The totals
 are fitted too: gradients grow as depth·width² whatever the strategy, so a total cannot be flat in depth.
-A depth law needs ≥ 3 depths spanning ≥ 8× and a linear law ≥ 3 values; a target the grid cannot decide
-reads "n/a".
+A depth law is fitted from depth 8 on (below it the step's depth-independent few activations — on torch
+the loss's (batch, width) buffer, δ_n and a backward temporary — are a large share of the total) and needs
+≥ 3 such depths spanning ≥ 8×; a linear law needs ≥ 3 values; a target the grid cannot decide reads "n/a".
 """
 
 FIT_HEADERS = {"slope": "slope (log-log)", "r2": "R²", "from": "from depth", "to": "to depth"}
@@ -226,7 +232,7 @@ def _fits_section(prepared: pd.DataFrame) -> list[str]:
     totals = A.loglog_slopes(prepared, "peak_bytes")
     fit_cols = ["backend", "width", "batch", "line", "optimizer", "from", "to", "slope", "r2", "n"]
     parts = ["## Fitted laws\n",
-             "### Log-log slope of activation memory in depth (numpy: counted by the ledger; torch: measured)\n",
+             "### Log-log slope of activation memory in depth (measured: tracemalloc / torch CPU allocator, see activation_source)\n",
              md_table(slopes[fit_cols], {"slope": ".3f", "r2": ".4f"}, FIT_HEADERS) if len(slopes)
              else f"_{A.UNDECIDED_DEPTHS}: this grid has no such depth sweep._\n",
              "### Log-log slope of the whole step's measured peak in depth (gradients included)\n",
@@ -238,7 +244,7 @@ def _fits_section(prepared: pd.DataFrame) -> list[str]:
                   md_table(lin[["backend", "width", "axis", "depth", "batch", "line", "optimizer", "from", "to", "a",
                                 "b", "r2"]], {"a": "mib", "b": "mib", "r2": ".4f"},
                            {"a": "a (MiB)", "b": "b (MiB per unit of axis)", "r2": "R²"})]
-    for quantity, title in (("activation_bytes", "activation (numpy: counted; torch: measured)"),
+    for quantity, title in (("activation_bytes", "activation (measured; see activation_source)"),
                             ("peak_bytes", "measured whole-step peak (gradients grow with depth alone)")):
         prod = A.product_fits(prepared, quantity)
         if len(prod):

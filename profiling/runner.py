@@ -139,6 +139,8 @@ def measure(c: Config, warmup: int = 1, iters: int = 3, budget_s: float = 2.0,
     with meters:
         w.step()
     figures = meters.figures
+    if c.backend == "numpy" and c.mode == "train":              # the activation high-water: one more step, metered
+        figures["tracemalloc_activation_peak"] = w.activation_peak()
     primary = primary_figure(c.backend, c.device, figures)
     row = {"impl": impl_of(c), "peak_meter": primary, "peak_bytes": figures[primary], **figures, **where}
     row.update(w.decomposition())

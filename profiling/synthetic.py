@@ -41,7 +41,10 @@ def _row(backend, depth, width, batch, strategy, mode, optimizer, act, peak, par
             "engine_activation_bytes": float(act), "predicted_peak_bytes": float(peak) * 1.01,
             "predicted_activation_bytes": float(act), "time_s": time_s, "time_min_s": 0.9 * time_s,
             "time_max_s": 1.2 * time_s,
-            "wall_s": 0.1, "timed_steps": 1}
+            "wall_s": 0.1, "timed_steps": 1,
+            # torch's allocator: held − gradients, high-water (prediction rows have no gradient marks)
+            "torch_cpu_activation_peak": float(act) if backend == "torch" and train else None,
+            "tracemalloc_activation_peak": float(act) if backend == "numpy" and train else None}
 
 
 def failed_row(status: str = "timeout", error: str = "no result after 1 s") -> dict:
@@ -55,7 +58,7 @@ def noisy(df: pd.DataFrame, rel: float = 0.01, seed: int = 0) -> pd.DataFrame:
     """df with every byte column scaled by independent factors within ±rel."""
     rng = np.random.default_rng(seed)
     df = df.copy()
-    for c in ("peak_bytes", "engine_activation_bytes"):
+    for c in ("peak_bytes", "engine_activation_bytes", "tracemalloc_activation_peak"):
         df[c] = df[c] * (1 + rng.uniform(-rel, rel, len(df)))
     return df
 

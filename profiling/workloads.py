@@ -20,7 +20,9 @@ and plain torch otherwise — plain torch can only run ``store_all`` — and pla
 
 from __future__ import annotations
 
+import sys
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -28,7 +30,7 @@ from ckpt.optim import OPTIMIZERS as OPTIMIZERS_NUMPY
 
 from .config import (BACKENDS, DEVICES, DTYPES, MODES, OPTIMIZERS, Config,  # noqa: F401  (re-exported)
                      known_strategies, validate)
-from .meters import mark_gradients
+from .meters import mark_gradient_bytes, mark_gradients
 
 STATE_SLOTS = {"none": 0, **{k: cls.slots for k, cls in OPTIMIZERS_NUMPY.items()}}   # state arrays per parameter
 
@@ -106,6 +108,38 @@ class NumpyWorkload:
         if opt is not None and not self.c.fused:
             opt.step(result.grads)
         self.stats, self.optimizer_bytes = result.stats, opt.nbytes if opt is not None else 0
+
+    def activation_peak(self) -> int | None:
+        """Measured: tracemalloc's high-water of bytes held less the gradients stored, over one training step.
+
+        The step runs action by action (``ckpt.executor.start``), tracemalloc's peak reset before
+        each; an action's figure is its peak less the gradients of the stages finished before it
+        (their arrays and dicts, ``sys.getsizeof``: tracemalloc traces Python objects too) — the
+        definition of torch's ``torch_cpu_activation_peak``.  The
+        optimizer (state and update) is left out: its state is resident, its update in place.
+        None in predict mode.
+        """
+        if self.c.mode != "train":
+            return None
+        from ckpt.executor import start
+        owner = not tracemalloc.is_tracing()
+        if owner:
+            tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            run = start(self.schedule, self.backend, self.x, self.y, account=False)     # no ledger: its entries
+            best = 0                                                                  # would be traced too
+            for action in self.schedule.actions:
+                stored = sum(sys.getsizeof(grads) + sum(map(sys.getsizeof, grads.values()))   # Python objects
+                             for grads in run.grads if grads)                                 # too: traced
+                tracemalloc.reset_peak()
+                run.steps((action,))
+                best = max(best, tracemalloc.get_traced_memory()[1] - base - stored)
+            del run
+            return best
+        finally:
+            if owner:
+                tracemalloc.stop()
 
     def warm_up(self) -> None:
         """One step on a 1-row batch: fills the interpreter's and numpy's one-time caches outside the region."""
@@ -200,13 +234,13 @@ class TorchWorkload:
         self.optimizer_bytes, self.saved_bytes = 0, None
 
     def _strategy(self, seq) -> dict:
-        """The wrapper's strategy keywords; a planner plans here from the stages' measured profile."""
+        """The wrapper's strategy keywords; a planner plans from the profile the prediction uses."""
         import ckpt
         if not ckpt.needs_profile(self.c.strategy):
             return {"strategy": self.c.strategy, **self.c.strategy_options}
-        from ckpt.torch.wrappers import profile_in_isolation
-        profile = profile_in_isolation(list(seq), self.x)
-        schedule = ckpt.make_schedule(self.c.strategy, len(profile), profile=profile, **self.c.strategy_options)
+        from .torch_costs import mlp_profile
+        c = self.c
+        schedule = ckpt.schedule_for(mlp_profile(c.depth, c.width, c.batch, c.dtype), c.strategy, **c.strategy_options)
         return {"strategy": lambda n: schedule}
 
     @property
@@ -248,11 +282,14 @@ class TorchWorkload:
             return
         for p in self.params:
             p.grad = self.torch.zeros_like(p)
+            mark_gradient_bytes(p.grad.untyped_storage().nbytes())
         for opt in optimizers:
             opt.step()
             opt.zero_grad(set_to_none=True)
-        self.optimizer_bytes = sum(v.numel() * v.element_size() for opt in optimizers for s in opt.state.values()
-                                   for v in s.values() if self.torch.is_tensor(v) and v.dim() > 0)
+        mark_gradient_bytes(-self.param_bytes)
+        self.optimizer_bytes = sum(v.untyped_storage().nbytes() for opt in optimizers     # Adam's 0-d step
+                                   for s in opt.state.values() for v in s.values()         # counters too
+                                   if self.torch.is_tensor(v))
 
     def _loss(self, x, y):
         return self.torch.nn.functional.mse_loss(self.model(x), y)
@@ -357,7 +394,14 @@ def shapes_only_mlp(c: Config):
 
 
 def predicted(c: Config) -> dict:
-    """The engine's prediction for c (``ckpt.predict_memory``), plus the optimizer state it leaves out."""
+    """The memory model's prediction for c (``ckpt.predict_memory``), plus the optimizer state it leaves out.
+
+    numpy: the engine's MLP on the symbolic backend.  torch: a ``ckpt.Profile`` of what torch's
+    Linear/ReLU stages, loss and optimizer allocate (``profiling.torch_costs``).
+    """
+    if c.backend == "torch":
+        from . import torch_costs
+        return torch_costs.predicted(c)
     import ckpt
     model = shapes_only_mlp(c)
     strategy = c.strategy if c.mode == "train" else "store_all"

@@ -111,3 +111,20 @@ def test_fused_and_unfused_rows_are_never_mixed_in_a_comparison():
     assert fused_sqrt["peak_change"] == pytest.approx(64 ** 0.5 / 64 - 1)      # against fused store_all only
     assert "fused" in A.train_predict_ratio(prepared)
     assert A.fused_comparison(A.prepare(synthetic_frame())).empty               # no fused rows: no table
+
+
+def test_activation_memory_is_the_meters_high_water_less_gradients_and_optimizer_state():
+    from profiling.synthetic import grid_frame
+    df = grid_frame(backends=("numpy", "torch"), depths=(8,), optimizers=("adam",))
+    df["optimizer_bytes"] = 1000
+    df["torch_cpu_activation_peak"] = np.where(df["backend"] == "torch", 50_000.0, np.nan)
+    df["tracemalloc_activation_peak"] = np.where(df["backend"] == "numpy", 40_000.0, np.nan)
+    out = A.with_derived(df).set_index("backend")
+    assert out.loc["torch", "activation_bytes"] == 49_000          # the allocator's figure includes the state
+    assert out.loc["numpy", "activation_bytes"] == 40_000          # tracemalloc's step has no optimizer in it
+    assert out.loc["torch", "activation_source"] == A.ALLOCATOR_ACTIVATION
+    assert out.loc["numpy", "activation_source"] == A.TRACED_ACTIVATION
+    old = A.with_derived(df.drop(columns=["torch_cpu_activation_peak", "tracemalloc_activation_peak"]))
+    assert set(old["activation_source"]) == {"counted: executor ledger on the real arrays (its totals match tracemalloc)",
+                                             "measured − gradients at peak (ledger) − optimizer"}
+

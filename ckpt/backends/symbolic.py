@@ -117,7 +117,12 @@ class ProfileBackend(BytesOnly):
         return out, tape
 
     def loss(self, x, y):
-        return 0.0, _token(self.profile.activation_bytes(len(self.profile)))
+        value = _token(self.profile.loss_bytes) if self.profile.loss_bytes else 0.0
+        return value, _token(self.profile.activation_bytes(len(self.profile)))
+
+    def held_loss(self, value) -> tuple:
+        """The loss value, when it keeps bytes until the step's end (``Profile.loss_bytes``)."""
+        return (value,) if isinstance(value, SymbolicArray) else ()
 
     def backward(self, i, tape, delta):
         grads = {"params": _token(self.profile.stage(i).grad_bytes)}

@@ -411,6 +411,10 @@ class Step:
         finally:
             if user_rng is not None:
                 user_rng.restore()
+        if self.pos < len(acts) and acts[self.pos] == Backward(p):
+            # autograd backwards stage p next, from its tape alone: the replayed x_p is not needed, and
+            # held until the executor's Backward(p) (after autograd's) it would add one output to the peak
+            self.run.drop_current()
         self._settle()
 
     def _replay_context(self):
