@@ -158,7 +158,10 @@ class _Planner:
         self.Fsum = [0.0]
         for i in range(1, n + 1):
             self.Fsum.append(self.Fsum[-1] + self.F[i])
-        self.G = [sum(s.grad_bytes for s in st[b + 1:]) for b in range(n + 1)]
+        # the loss value's bytes (Profile.loss_bytes) are held from Loss() to the step's end, as the finished
+        # gradients are: counted in G after the loss, left out of the first sweep's base (pending)
+        self.L = p.loss_bytes
+        self.G = [sum(s.grad_bytes for s in st[b + 1:]) + self.L for b in range(n + 1)]
         self.loss_transient, self.loss_time = p.loss_transient, p.loss_time
 
     def solve(self, a: int, b: int, pinned: bool, pending: bool) -> list:
@@ -172,11 +175,11 @@ class _Planner:
 
     def _options(self, a, b, pinned, pending):
         X, xs = self.X, self.xs
-        base = (0 if pending else X[b]) + self.G[b]
+        base = self.G[b] - self.L if pending else X[b] + self.G[b]
         cur = 0 if pinned else xs[a]
         if a == b:
             if pending:
-                return [(max(cur + self.loss_transient, X[b]), self.loss_time, ("loss",))]
+                return [(max(cur + self.loss_transient, X[b] + self.L), self.loss_time, ("loss",))]
             return [(base + cur, 0.0, ("none",))]
         options = self._tape(a, b, pinned, pending, base, cur)
         fw = self.f[a + 1]
@@ -401,7 +404,7 @@ class _BudgetPlanner(_Planner):
         changes; below it every branch, bound and child answer is m's.
         """
         X = self.X
-        base = (0 if pending else X[b]) + self.G[b]
+        base = self.G[b] - self.L if pending else X[b] + self.G[b]
         cur = 0 if pinned else self.xs[a]
         if a == b:
             peak, time, plan = self._options(a, b, pinned, pending)[0]

@@ -23,7 +23,8 @@ def random_profile(n, rng) -> Profile:
             tape_bytes=own + keeps_in * X[i - 1] + keeps_out * X[i], tape_keeps_input=keeps_in,
             tape_keeps_output=keeps_out, forward_transient=rng.randint(0, 40),
             backward_transient=rng.randint(0, 40), grad_bytes=rng.randint(0, 10)))
-    return Profile(tuple(stages), X[0], loss_time=rng.randint(0, 5), loss_transient=rng.randint(0, 40))
+    return Profile(tuple(stages), X[0], loss_time=rng.randint(0, 5), loss_transient=rng.randint(0, 40),
+                   loss_bytes=rng.choice([0, rng.randint(1, 50)]))     # a loss value held to the step's end
 
 
 def every_plan(a, b, loss):
