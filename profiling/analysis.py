@@ -119,8 +119,6 @@ def with_derived(df: pd.DataFrame) -> pd.DataFrame:
 def _option_text(name: str, value) -> str:
     if name == "budget":
         return f"budget={value / 2 ** 20:g} MiB"
-    if name == "fused":
-        return "fused"
     return f"{name}={int(value) if isinstance(value, float) and value.is_integer() else value}"
 
 
@@ -128,12 +126,12 @@ def series_names(df: pd.DataFrame) -> pd.Series:
     """Each row's strategy with the options it was run with, e.g. ``revolve (slots=2)``: one series per option value.
 
     Rows without options keep the bare name (``store_all``, ``sqrt_n``), which the targets look for.
+    ``fused`` is not an option of the strategy: it is a column of its own, which every comparison keys on.
     """
-    options = [c for c in (*STRATEGY_OPTIONS, "fused", "options") if c in df]
+    options = [c for c in (*STRATEGY_OPTIONS, "options") if c in df]
 
     def name(row) -> str:
-        given = [_option_text(c, row[c]) for c in options
-                 if pd.notna(row[c]) and row[c] is not False and row[c] != "" and not (c == "fused" and not row[c])]
+        given = [_option_text(c, row[c]) for c in options if pd.notna(row[c]) and row[c] != ""]
         return f"{row['strategy']} ({', '.join(given)})" if given and row["mode"] == "train" else row["strategy"]
     return df.apply(name, axis=1) if len(df) and options else df["strategy"]
 

@@ -68,10 +68,14 @@ PRESETS = {
         dict(backend="torch", depth=[8, 16], width=128, batch=256, strategy="recompute"),
         dict(backend="torch", depth=8, width=128, batch=[512, 1024], strategy="store_all"),
     ],
-    # the committed large CPU sweep: numpy and torch, depth to 512, batch to 2048, every strategy
+    # the committed large CPU sweep: numpy and torch, depth to 512 (recompute to 256), batch to 2048, every strategy
     "cpu_large": [
         dict(backend=["numpy", "torch"], depth=[4, 8, 16, 32, 64, 128, 256, 512], width=128, batch=256,
-             strategy=ALL, mode=["train", "predict"]),
+             strategy=["store_all", "sqrt_n"], mode=["train", "predict"]),
+        # recompute's step is quadratic in depth (torch at depth 512: 0.5 M stage forwards, each one
+        # recorded by the allocator meter, past 15 min); its flat memory is decided by depths to 256
+        dict(backend=["numpy", "torch"], depth=[4, 8, 16, 32, 64, 128, 256], width=128, batch=256,
+             strategy="recompute"),
         dict(backend=["numpy", "torch"], depth=32, width=128, batch=[128, 256, 512, 1024, 2048],
              strategy=ALL, mode=["train", "predict"]),
         dict(backend=["numpy", "torch"], depth=32, width=128, batch=256, strategy=ALL,
