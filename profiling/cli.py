@@ -226,17 +226,17 @@ def cmd_sweep(args) -> int:
     run_sweep(grids, out, resume=args.resume, fresh=args.fresh, retry_failed=args.retry_failed,
               progress=not args.no_progress, repeats=repeats, executor=executor, extend=args.extend,
               plugins=plugins, **run)
-    log_command(out)
+    log_command(out, fresh=args.fresh)
     if not args.no_report:
         print(f"report: {write_report(out)}")
     return 0
 
 
-def log_command(out: Path) -> None:
-    """Append this invocation to ``<out>/command.txt`` (one line per run of the folder's sweep)."""
+def log_command(out: Path, fresh: bool = False) -> None:
+    """Append this invocation to ``<out>/command.txt`` (one line per run of the folder's sweep; --fresh starts it anew)."""
     from datetime import datetime, timezone
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    with open(out / "command.txt", "a") as f:
+    with open(out / "command.txt", "w" if fresh else "a") as f:
         f.write(f"# {stamp}\nckpt-profile " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "\n")
 
 
