@@ -224,7 +224,7 @@ class _Planner:
         parts = [self._tape(a, b, pending, base, cur)]
         last = b if pending else b - 1                     # c = b = n: checkpoint, forward to n, then the loss
         if last > a:
-            parts.append(self._splits(a, b, pinned, pending, base, cur, last))
+            parts += self._splits(a, b, pinned, pending, base, cur, last, parts[0], cap)
         return self._pareto(cap, *(np.concatenate(column) for column in zip(*parts)))
 
     def _tape(self, a, b, pending, base, cur):
@@ -236,25 +236,48 @@ class _Planner:
         return (np.maximum(notes, held + child.peak), child.time + (self.F[i] + self.Bt[i]),
                 np.zeros(size, dtype=np.int64), np.arange(size), np.zeros(size, dtype=np.int64))
 
-    def _splits(self, a, b, pinned, pending, base, cur, last):
-        """Every checkpoint split c in a+1..last: (peak, time, split, right index, left index) arrays."""
+    def _splits(self, a, b, pinned, pending, base, cur, last, tape, cap) -> list:
+        """Candidates of every checkpoint split c in a+1..last: (peak, time, split, right index, left index) arrays.
+
+        Each split's two corners (both sides at their least peak; both at
+        their fastest) are built first; with the tape option they make a
+        provisional frontier.  A split whose every candidate is dominated by it
+        (its fastest time is reached there at or below its least peak) is
+        skipped; of the rest, only peak levels below where the provisional
+        frontier reaches the split's fastest time are merged (``_combine``).
+        """
         rights = [self.solve(c, b, False, pending) for c in range(a + 1, last + 1)]
         lefts = [self.solve(a, c, pinned, False) for c in range(a + 1, last + 1)]
-        forward = np.maximum.accumulate(np.concatenate(([self.f[a + 1]], self.untaped[a + 2:last + 1])))
-        forward_time = self.Fsum[a + 1:last + 1] - self.Fsum[a]
-        grads_between = np.array(self.G[a + 1:last + 1], dtype=np.int64) - self.G[b]   # left peaks: relative to G[c]
-        peak, time, seg, right, left = _combine(rights, lefts, cur, grads_between, base + cur + forward, forward_time)
-        return peak, time, seg + 1, right, left
+        usable = np.flatnonzero([len(r.peak) and len(l.peak) for r, l in zip(rights, lefts)])
+        if not len(usable):
+            return []
+        rights, lefts = [rights[s] for s in usable], [lefts[s] for s in usable]
+        forward = np.maximum.accumulate(np.concatenate(([self.f[a + 1]], self.untaped[a + 2:last + 1])))[usable]
+        forward_peak = base + cur + forward
+        forward_time = self.Fsum[a + 1:last + 1][usable] - self.Fsum[a]
+        grads_between = np.array(self.G[a + 1:last + 1], dtype=np.int64)[usable] - self.G[b]   # left: relative to G[c]
+        corners = [_corner(rights, lefts, k, cur, grads_between, forward_peak, forward_time) for k in (0, -1)]
+        split = usable + 1
+        low, fast = ((peak, time, split, right, left) for peak, time, right, left in corners)
+        known_peak, known_time = (np.concatenate(c) for c in zip(tape[:2], low[:2], fast[:2]))
+        known = _staircase(known_peak, known_time)
+        known_peak, known_time = known_peak[known], known_time[known]
+        reach = np.searchsorted(-known_time, -fast[1], side="left")      # first known entry at least as fast
+        cutoff = np.append(known_peak, _NEVER)[reach]
+        cutoff = np.minimum(cutoff, _NEVER if cap == math.inf else cap + 1)
+        alive = np.flatnonzero(cutoff > low[0])
+        if not len(alive):
+            return [low, fast]
+        peak, time, seg, right, left = _combine([rights[s] for s in alive], [lefts[s] for s in alive], cur,
+                                                grads_between[alive], forward_peak[alive], forward_time[alive],
+                                                cutoff[alive])
+        return [low, fast, (peak, time, split[alive][seg], right, left)]
 
     def _pareto(self, cap, peak, time, split, right, left) -> _Front:
-        order = np.lexsort((time, peak))
-        peak, time = peak[order], time[order]
-        keep = np.empty(len(time), dtype=bool)
-        keep[:1] = True
-        np.less(time[1:], np.minimum.accumulate(time)[:-1], out=keep[1:])     # strictly faster than every lower peak
-        keep &= peak <= cap
-        chosen = order[keep][:1] if self.first_only else order[keep]
-        return _Front(peak[keep][:len(chosen)], time[keep][:len(chosen)], split[chosen], right[chosen], left[chosen])
+        chosen = _staircase(peak, time)
+        chosen = chosen[:np.searchsorted(peak[chosen], cap, side="right")]
+        chosen = chosen[:1] if self.first_only else chosen
+        return _Front(peak[chosen], time[chosen], split[chosen], right[chosen], left[chosen])
 
     def actions(self, a, b, pinned, pending, k, out: list) -> None:
         """Append the actions of entry ``k`` of sub-problem (a, b)'s frontier."""
@@ -276,13 +299,39 @@ class _Planner:
         self.actions(a, c, pinned, False, left, out)
 
 
-def _combine(rights, lefts, held, grads_between, forward_peak, forward_time):
+_NEVER = np.iinfo(np.int64).max
+
+
+def _staircase(peak, time) -> np.ndarray:
+    """Indices of the Pareto frontier of points (peaks rising, times falling; the fastest of equal peaks)."""
+    order = np.argsort(peak, kind="stable")              # candidates come in sorted runs: a merge
+    time = time[order]
+    faster = np.empty(len(time), dtype=bool)
+    faster[:1] = True
+    np.less(time[1:], np.minimum.accumulate(time)[:-1], out=faster[1:])    # than every lower or equal peak before
+    order = order[faster]
+    peak = peak[order]
+    return order[np.append(peak[1:] != peak[:-1], True)]          # of equal peaks the last kept is the fastest
+
+
+def _corner(rights, lefts, k, held, grads_between, forward_peak, forward_time):
+    """Every split's candidate from entry k of both sides (0: least peaks, −1: fastest): peak, time, indices."""
+    r_peak = np.array([r.peak[k] for r in rights]) + held
+    l_peak = np.array([l.peak[k] for l in lefts]) + grads_between
+    time = forward_time + np.array([r.time[k] for r in rights]) + np.array([l.time[k] for l in lefts])
+    right = np.array([k % len(r.peak) for r in rights])
+    left = np.array([k % len(l.peak) for l in lefts])
+    return np.maximum(np.maximum(r_peak, l_peak), forward_peak), time, right, left
+
+
+def _combine(rights, lefts, held, grads_between, forward_peak, forward_time, cutoff):
     """All splits' 'forward to c, solve right (holding ``held``), then solve left' at once: a staircase merge.
 
     For split s, each candidate peak level (a right peak + held, or a left
-    peak) pairs the fastest right entry and the fastest left entry at or below
-    it; every Pareto-optimal pair is among these.  Entries are keyed
-    ``s · K + peak`` so one ``searchsorted`` serves every split.
+    peak) below ``cutoff[s]`` pairs the fastest right entry and the fastest
+    left entry at or below it; every Pareto-optimal pair with a peak below the
+    cutoff is among these.  Entries are keyed ``s · K + peak`` so one
+    ``searchsorted`` serves every split.
     """
     r_size = np.array([len(r.peak) for r in rights])
     l_size = np.array([len(l.peak) for l in lefts])
@@ -291,16 +340,22 @@ def _combine(rights, lefts, held, grads_between, forward_peak, forward_time):
     scale = int(max(r_peak.max(initial=0), l_peak.max(initial=0))) + 1
     if scale * len(rights) >= 2**62 and len(rights) > 1:          # keys would overflow int64: halve
         h = len(rights) // 2
-        low = _combine(rights[:h], lefts[:h], held, grads_between[:h], forward_peak[:h], forward_time[:h])
-        high = _combine(rights[h:], lefts[h:], held, grads_between[h:], forward_peak[h:], forward_time[h:])
+        low = _combine(rights[:h], lefts[:h], held, grads_between[:h], forward_peak[:h], forward_time[:h],
+                       cutoff[:h])
+        high = _combine(rights[h:], lefts[h:], held, grads_between[h:], forward_peak[h:], forward_time[h:],
+                        cutoff[h:])
         return tuple(np.concatenate((x, y + h if i == 2 else y)) for i, (x, y) in enumerate(zip(low, high)))
     splits = np.arange(len(rights))
     r_seg, l_seg = np.repeat(splits, r_size), np.repeat(splits, l_size)
-    r_key, l_key = r_seg * scale + r_peak, l_seg * scale + l_peak
-    levels, seg = np.concatenate((r_key, l_key)), np.concatenate((r_seg, l_seg))
     r_start, l_start = np.cumsum(r_size) - r_size, np.cumsum(l_size) - l_size
-    ri = np.searchsorted(r_key, levels, side="right") - 1
-    li = np.searchsorted(l_key, levels, side="right") - 1
+    r_in = np.flatnonzero(r_peak < cutoff[r_seg])        # higher levels are dominated by a known entry
+    l_in = np.flatnonzero(l_peak < cutoff[l_seg])
+    keys = np.concatenate((r_seg[r_in] * scale + r_peak[r_in], l_seg[l_in] * scale + l_peak[l_in]))
+    origin = np.concatenate((r_in, l_in + len(r_peak)))[np.argsort(keys, kind="stable")]   # merges two sorted runs
+    from_right = origin < len(r_peak)
+    ri = np.maximum.accumulate(np.where(from_right, origin, -1))          # the last right entry at or below
+    li = np.maximum.accumulate(np.where(from_right, -1, origin - len(r_peak)))
+    seg = np.concatenate((r_seg, l_seg))[origin]
     ok = (ri >= r_start[seg]) & (li >= l_start[seg])                 # both sides have an entry at this level
     ri, li, seg = ri[ok], li[ok], seg[ok]
     r_time = np.concatenate([r.time for r in rights])
