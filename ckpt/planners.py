@@ -311,7 +311,9 @@ def _staircase(peak, time) -> np.ndarray:
     np.less(time[1:], np.minimum.accumulate(time)[:-1], out=faster[1:])    # than every lower or equal peak before
     order = order[faster]
     peak = peak[order]
-    return order[np.append(peak[1:] != peak[:-1], True)]          # of equal peaks the last kept is the fastest
+    last_of_peak = np.ones(len(peak), dtype=bool)
+    np.not_equal(peak[1:], peak[:-1], out=last_of_peak[:-1])
+    return order[last_of_peak]          # of equal peaks the last kept is the fastest
 
 
 def _corner(rights, lefts, k, held, grads_between, forward_peak, forward_time):
