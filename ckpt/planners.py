@@ -339,7 +339,9 @@ def _combine(rights, lefts, held, grads_between, forward_peak, forward_time, cut
     l_size = np.array([len(l.peak) for l in lefts])
     r_peak = np.concatenate([r.peak for r in rights]) + held
     l_peak = np.concatenate([l.peak for l in lefts]) + np.repeat(grads_between, l_size)
-    scale = int(max(r_peak.max(initial=0), l_peak.max(initial=0))) + 1
+    scale = int(cutoff.max())                     # every level merged lies below its split's cutoff
+    if scale == _NEVER:
+        scale = int(max(r_peak.max(initial=0), l_peak.max(initial=0))) + 1
     if scale * len(rights) >= 2**62 and len(rights) > 1:          # keys would overflow int64: halve
         h = len(rights) // 2
         low = _combine(rights[:h], lefts[:h], held, grads_between[:h], forward_peak[:h], forward_time[:h],
