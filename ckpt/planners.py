@@ -147,6 +147,7 @@ class _Front(NamedTuple):
     split: np.ndarray
     right: np.ndarray
     left: np.ndarray
+    ends: tuple               # (entries, least peak, its time, last peak, its time) as Python numbers
 
 
 class _Planner:
@@ -248,7 +249,7 @@ class _Planner:
         """
         rights = [self.solve(c, b, False, pending) for c in range(a + 1, last + 1)]
         lefts = [self.solve(a, c, pinned, False) for c in range(a + 1, last + 1)]
-        usable = np.flatnonzero([len(r.peak) and len(l.peak) for r, l in zip(rights, lefts)])
+        usable = np.flatnonzero([r.ends[0] and l.ends[0] for r, l in zip(rights, lefts)])
         if not len(usable):
             return []
         rights, lefts = [rights[s] for s in usable], [lefts[s] for s in usable]
@@ -256,7 +257,7 @@ class _Planner:
         forward_peak = base + cur + forward
         forward_time = self.Fsum[a + 1:last + 1][usable] - self.Fsum[a]
         grads_between = np.array(self.G[a + 1:last + 1], dtype=np.int64)[usable] - self.G[b]   # left: relative to G[c]
-        corners = [_corner(rights, lefts, k, cur, grads_between, forward_peak, forward_time) for k in (0, -1)]
+        corners = _corners(rights, lefts, cur, grads_between, forward_peak, forward_time)
         split = usable + 1
         low, fast = ((peak, time, split, right, left) for peak, time, right, left in corners)
         known_peak, known_time = (np.concatenate(c) for c in zip(tape[:2], low[:2], fast[:2]))
@@ -277,7 +278,9 @@ class _Planner:
         chosen = _staircase(peak, time)
         chosen = chosen[:np.searchsorted(peak[chosen], cap, side="right")]
         chosen = chosen[:1] if self.first_only else chosen
-        return _Front(peak[chosen], time[chosen], split[chosen], right[chosen], left[chosen])
+        peak, time = peak[chosen], time[chosen]
+        ends = (len(peak), int(peak[0]), float(time[0]), int(peak[-1]), float(time[-1])) if len(peak) else (0,) * 5
+        return _Front(peak, time, split[chosen], right[chosen], left[chosen], ends)
 
     def actions(self, a, b, pinned, pending, k, out: list) -> None:
         """Append the actions of entry ``k`` of sub-problem (a, b)'s frontier."""
@@ -316,14 +319,19 @@ def _staircase(peak, time) -> np.ndarray:
     return order[last_of_peak]          # of equal peaks the last kept is the fastest
 
 
-def _corner(rights, lefts, k, held, grads_between, forward_peak, forward_time):
-    """Every split's candidate from entry k of both sides (0: least peaks, −1: fastest): peak, time, indices."""
-    r_peak = np.array([r.peak[k] for r in rights]) + held
-    l_peak = np.array([l.peak[k] for l in lefts]) + grads_between
-    time = forward_time + np.array([r.time[k] for r in rights]) + np.array([l.time[k] for l in lefts])
-    right = np.array([k % len(r.peak) for r in rights])
-    left = np.array([k % len(l.peak) for l in lefts])
-    return np.maximum(np.maximum(r_peak, l_peak), forward_peak), time, right, left
+def _corners(rights, lefts, held, grads_between, forward_peak, forward_time):
+    """Every split's two corner candidates, both sides at their least peak and both at their fastest:
+    ((peak, time, right index, left index) arrays) twice."""
+    r_ends = np.array([r.ends for r in rights], dtype=np.float64)
+    l_ends = np.array([l.ends for l in lefts], dtype=np.float64)
+    r_size, l_size = r_ends[:, 0].astype(np.int64), l_ends[:, 0].astype(np.int64)
+    found = []
+    for peak_at, time_at, right, left in ((1, 2, 0 * r_size, 0 * l_size), (3, 4, r_size - 1, l_size - 1)):
+        r_peak = np.array([r.ends[peak_at] for r in rights], dtype=np.int64) + held
+        l_peak = np.array([l.ends[peak_at] for l in lefts], dtype=np.int64) + grads_between
+        time = forward_time + r_ends[:, time_at] + l_ends[:, time_at]
+        found.append((np.maximum(np.maximum(r_peak, l_peak), forward_peak), time, right, left))
+    return found
 
 
 def _combine(rights, lefts, held, grads_between, forward_peak, forward_time, cutoff):
