@@ -147,7 +147,23 @@ class _Front(NamedTuple):
     split: np.ndarray
     right: np.ndarray
     left: np.ndarray
-    ends: tuple               # (entries, least peak, its time, last peak, its time) as Python numbers
+
+
+class _Row:
+    """Frontiers of the sub-problems one parent family splits into, by split point c, and their ends as
+    arrays (entries, least peak, its time, last peak, its time), so a parent reads them as slices."""
+
+    def __init__(self, n: int, edge: int):
+        self.fronts, self.edge = [None] * (n + 1), edge              # edge: the last c filled
+        self.ends = np.zeros((n + 1, 5), dtype=np.float64)
+        self.peaks = np.zeros((n + 1, 2), dtype=np.int64)            # the peaks exactly (float64 rounds above 2**53)
+
+    def put(self, c: int, front: _Front) -> None:
+        """Record (c's) frontier."""
+        self.fronts[c], self.edge = front, c
+        if len(front.peak):
+            self.ends[c] = len(front.peak), front.peak[0], front.time[0], front.peak[-1], front.time[-1]
+            self.peaks[c] = front.peak[0], front.peak[-1]
 
 
 class _Planner:
@@ -168,6 +184,7 @@ class _Planner:
     def __init__(self, profile: Profile, cap: int | None = None, first_only: bool = False):
         p, n = profile, len(profile)
         self.n, self.first_only, self.memo = n, first_only, {}
+        self.right_rows, self.left_rows = {}, {}                  # by (b, pending) and by (a, pinned)
         self.X = [p.activation_bytes(j) for j in range(n + 1)]
         self.f = [0] + [s.forward_transient for s in p.stages]
         self.r = [0] + [s.backward_transient for s in p.stages]
@@ -179,6 +196,7 @@ class _Planner:
         self.Fsum = np.cumsum(self.F, dtype=np.float64)
         grads = [0] + [s.grad_bytes for s in p.stages] + [0]
         self.G = [sum(grads[b + 1:]) for b in range(n + 1)]
+        self.Gnp = np.array(self.G, dtype=np.int64)
         self.loss_transient, self.loss_time = p.loss_transient, p.loss_time
         # the forward peak of stage c run without a tape after stage c − 1's: x_{c−1} and its transient
         self.untaped = np.array([0, 0] + [self.X[c - 1] + self.f[c] for c in range(2, n + 1)], dtype=np.int64)
@@ -247,17 +265,18 @@ class _Planner:
         skipped; of the rest, only peak levels below where the provisional
         frontier reaches the split's fastest time are merged (``_combine``).
         """
-        rights = [self.solve(c, b, False, pending) for c in range(a + 1, last + 1)]
-        lefts = [self.solve(a, c, pinned, False) for c in range(a + 1, last + 1)]
-        usable = np.flatnonzero([r.ends[0] and l.ends[0] for r, l in zip(rights, lefts)])
+        right_row, left_row = self._rights(b, pending, a + 1, last), self._lefts(a, pinned, last)
+        both = [(row.ends[a + 1:last + 1], row.peaks[a + 1:last + 1]) for row in (right_row, left_row)]
+        usable = np.flatnonzero((both[0][0][:, 0] > 0) & (both[1][0][:, 0] > 0))
         if not len(usable):
             return []
-        rights, lefts = [rights[s] for s in usable], [lefts[s] for s in usable]
+        rights = [right_row.fronts[c] for c in usable + a + 1]
+        lefts = [left_row.fronts[c] for c in usable + a + 1]
         forward = np.maximum.accumulate(np.concatenate(([self.f[a + 1]], self.untaped[a + 2:last + 1])))[usable]
         forward_peak = base + cur + forward
         forward_time = self.Fsum[a + 1:last + 1][usable] - self.Fsum[a]
-        grads_between = np.array(self.G[a + 1:last + 1], dtype=np.int64)[usable] - self.G[b]   # left: relative to G[c]
-        corners = _corners(rights, lefts, cur, grads_between, forward_peak, forward_time)
+        grads_between = self.Gnp[a + 1:last + 1][usable] - self.G[b]        # left peaks: relative to G[c]
+        corners = _corners(*[(ends[usable], peaks[usable]) for ends, peaks in both], cur, grads_between, forward_peak, forward_time)
         split = usable + 1
         low, fast = ((peak, time, split, right, left) for peak, time, right, left in corners)
         known_peak, known_time = (np.concatenate(c) for c in zip(tape[:2], low[:2], fast[:2]))
@@ -274,13 +293,29 @@ class _Planner:
                                                 cutoff[alive])
         return [low, fast, (peak, time, split[alive][seg], right, left)]
 
+    def _rights(self, b, pending, first, last) -> _Row:
+        """The row of sub-problems (c, b) for c in first..last (filled downwards: (c, b) needs (c', b), c' > c)."""
+        row = self.right_rows.get((b, pending))
+        if row is None:
+            row = self.right_rows[(b, pending)] = _Row(self.n, last + 1)
+        while row.edge > first:
+            row.put(row.edge - 1, self.solve(row.edge - 1, b, False, pending))
+        return row
+
+    def _lefts(self, a, pinned, last) -> _Row:
+        """The row of sub-problems (a, c) for c in a+1..last (filled upwards: (a, c) needs (a, c'), c' < c)."""
+        row = self.left_rows.get((a, pinned))
+        if row is None:
+            row = self.left_rows[(a, pinned)] = _Row(self.n, a)
+        while row.edge < last:
+            row.put(row.edge + 1, self.solve(a, row.edge + 1, pinned, False))
+        return row
+
     def _pareto(self, cap, peak, time, split, right, left) -> _Front:
         chosen = _staircase(peak, time)
         chosen = chosen[:np.searchsorted(peak[chosen], cap, side="right")]
         chosen = chosen[:1] if self.first_only else chosen
-        peak, time = peak[chosen], time[chosen]
-        ends = (len(peak), int(peak[0]), float(time[0]), int(peak[-1]), float(time[-1])) if len(peak) else (0,) * 5
-        return _Front(peak, time, split[chosen], right[chosen], left[chosen], ends)
+        return _Front(peak[chosen], time[chosen], split[chosen], right[chosen], left[chosen])
 
     def actions(self, a, b, pinned, pending, k, out: list) -> None:
         """Append the actions of entry ``k`` of sub-problem (a, b)'s frontier."""
@@ -319,18 +354,15 @@ def _staircase(peak, time) -> np.ndarray:
     return order[last_of_peak]          # of equal peaks the last kept is the fastest
 
 
-def _corners(rights, lefts, held, grads_between, forward_peak, forward_time):
+def _corners(r_ends, l_ends, held, grads_between, forward_peak, forward_time):
     """Every split's two corner candidates, both sides at their least peak and both at their fastest:
-    ((peak, time, right index, left index) arrays) twice."""
-    r_ends = np.array([r.ends for r in rights], dtype=np.float64)
-    l_ends = np.array([l.ends for l in lefts], dtype=np.float64)
+    ((peak, time, right index, left index) arrays) twice, from the sides' ``_Row`` ends."""
+    (r_ends, r_peaks), (l_ends, l_peaks) = r_ends, l_ends
     r_size, l_size = r_ends[:, 0].astype(np.int64), l_ends[:, 0].astype(np.int64)
     found = []
-    for peak_at, time_at, right, left in ((1, 2, 0 * r_size, 0 * l_size), (3, 4, r_size - 1, l_size - 1)):
-        r_peak = np.array([r.ends[peak_at] for r in rights], dtype=np.int64) + held
-        l_peak = np.array([l.ends[peak_at] for l in lefts], dtype=np.int64) + grads_between
-        time = forward_time + r_ends[:, time_at] + l_ends[:, time_at]
-        found.append((np.maximum(np.maximum(r_peak, l_peak), forward_peak), time, right, left))
+    for k, right, left in ((0, 0 * r_size, 0 * l_size), (1, r_size - 1, l_size - 1)):
+        peak = np.maximum(np.maximum(r_peaks[:, k] + held, l_peaks[:, k] + grads_between), forward_peak)
+        found.append((peak, forward_time + r_ends[:, 2 + 2 * k] + l_ends[:, 2 + 2 * k], right, left))
     return found
 
 
