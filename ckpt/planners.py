@@ -406,7 +406,9 @@ def _combine(rights, lefts, held, grads_between, forward_peak, forward_time, cut
     l_time = np.concatenate([l.time for l in lefts])
     peak = np.maximum(np.maximum(r_peak[ri], l_peak[li]), forward_peak[seg])
     time = forward_time[seg] + r_time[ri] + l_time[li]
-    return peak, time, seg, ri - r_start[seg], li - l_start[seg]
+    kept = _staircase(peak, time)                        # the envelope of all splits: most candidates go here
+    ri, li, seg = ri[kept], li[kept], seg[kept]
+    return peak[kept], time[kept], seg, ri - r_start[seg], li - l_start[seg]
 
 
 def _solve_whole(planner: _Planner) -> _Front:
