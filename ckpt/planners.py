@@ -150,20 +150,30 @@ class _Front(NamedTuple):
 
 
 class _Row:
-    """Frontiers of the sub-problems one parent family splits into, by split point c, and their ends as
-    arrays (entries, least peak, its time, last peak, its time), so a parent reads them as slices."""
+    """The frontiers one family of parents splits into, by split point c, with their ends as arrays
+    (entries; least and last peak; their times), so that a parent reads them as slices."""
 
     def __init__(self, n: int, edge: int):
         self.fronts, self.edge = [None] * (n + 1), edge              # edge: the last c filled
-        self.ends = np.zeros((n + 1, 5), dtype=np.float64)
-        self.peaks = np.zeros((n + 1, 2), dtype=np.int64)            # the peaks exactly (float64 rounds above 2**53)
+        self.size = np.zeros(n + 1, dtype=np.int64)
+        self.peaks = np.zeros((n + 1, 2), dtype=np.int64)
+        self.times = np.zeros((n + 1, 2))
 
     def put(self, c: int, front: _Front) -> None:
-        """Record (c's) frontier."""
+        """Record the frontier of split point c."""
         self.fronts[c], self.edge = front, c
         if len(front.peak):
-            self.ends[c] = len(front.peak), front.peak[0], front.time[0], front.peak[-1], front.time[-1]
+            self.size[c] = len(front.peak)
             self.peaks[c] = front.peak[0], front.peak[-1]
+            self.times[c] = front.time[0], front.time[-1]
+
+    def ends(self, first: int, last: int, usable: np.ndarray | None = None) -> tuple:
+        """(entries, peaks, times) of split points first..last, or of ``usable`` among them."""
+        ends = self.size[first:last + 1], self.peaks[first:last + 1], self.times[first:last + 1]
+        return ends if usable is None else tuple(column[usable] for column in ends)
+
+
+_NEVER = np.iinfo(np.int64).max
 
 
 class _Planner:
@@ -177,8 +187,11 @@ class _Planner:
     stages after b (held throughout), so equal sub-chains at different depths
     share one frontier.  With a ``cap`` (a budget), entries above the cap less
     the least G[b] of the content's occurrences are dropped: no plan within the
-    budget can use them.  All splits of a sub-problem are combined at once in
-    numpy (``_combine``), then one Pareto filter keeps the frontier.
+    budget can use them.  A sub-problem's frontier is built once, whole, from
+    its children's: every split at once in numpy (``_combine``), then one
+    Pareto filter; so one solve answers every budget up to the cap.  Entries
+    are only ever dropped when another entry kept peaks no higher and is no
+    slower, so the frontier is exact.
     """
 
     def __init__(self, profile: Profile, cap: int | None = None, first_only: bool = False):
@@ -266,8 +279,7 @@ class _Planner:
         frontier reaches the split's fastest time are merged (``_combine``).
         """
         right_row, left_row = self._rights(b, pending, a + 1, last), self._lefts(a, pinned, last)
-        both = [(row.ends[a + 1:last + 1], row.peaks[a + 1:last + 1]) for row in (right_row, left_row)]
-        usable = np.flatnonzero((both[0][0][:, 0] > 0) & (both[1][0][:, 0] > 0))
+        usable = np.flatnonzero((right_row.size[a + 1:last + 1] > 0) & (left_row.size[a + 1:last + 1] > 0))
         if not len(usable):
             return []
         rights = [right_row.fronts[c] for c in usable + a + 1]
@@ -276,7 +288,8 @@ class _Planner:
         forward_peak = base + cur + forward
         forward_time = self.Fsum[a + 1:last + 1][usable] - self.Fsum[a]
         grads_between = self.Gnp[a + 1:last + 1][usable] - self.G[b]        # left peaks: relative to G[c]
-        corners = _corners(*[(ends[usable], peaks[usable]) for ends, peaks in both], cur, grads_between, forward_peak, forward_time)
+        corners = _corners(right_row.ends(a + 1, last, usable), left_row.ends(a + 1, last, usable), cur,
+                           grads_between, forward_peak, forward_time)
         split = usable + 1
         low, fast = ((peak, time, split, right, left) for peak, time, right, left in corners)
         known_peak, known_time = (np.concatenate(c) for c in zip(tape[:2], low[:2], fast[:2]))
@@ -337,9 +350,6 @@ class _Planner:
         self.actions(a, c, pinned, False, left, out)
 
 
-_NEVER = np.iinfo(np.int64).max
-
-
 def _staircase(peak, time) -> np.ndarray:
     """Indices of the Pareto frontier of points (peaks rising, times falling; the fastest of equal peaks)."""
     order = np.argsort(peak, kind="stable")              # candidates come in sorted runs: a merge
@@ -354,15 +364,14 @@ def _staircase(peak, time) -> np.ndarray:
     return order[last_of_peak]          # of equal peaks the last kept is the fastest
 
 
-def _corners(r_ends, l_ends, held, grads_between, forward_peak, forward_time):
+def _corners(right_ends, left_ends, held, grads_between, forward_peak, forward_time):
     """Every split's two corner candidates, both sides at their least peak and both at their fastest:
-    ((peak, time, right index, left index) arrays) twice, from the sides' ``_Row`` ends."""
-    (r_ends, r_peaks), (l_ends, l_peaks) = r_ends, l_ends
-    r_size, l_size = r_ends[:, 0].astype(np.int64), l_ends[:, 0].astype(np.int64)
+    ((peak, time, right index, left index) arrays) twice, from the sides' ``_Row.ends``."""
+    (r_size, r_peaks, r_times), (l_size, l_peaks, l_times) = right_ends, left_ends
     found = []
     for k, right, left in ((0, 0 * r_size, 0 * l_size), (1, r_size - 1, l_size - 1)):
         peak = np.maximum(np.maximum(r_peaks[:, k] + held, l_peaks[:, k] + grads_between), forward_peak)
-        found.append((peak, forward_time + r_ends[:, 2 + 2 * k] + l_ends[:, 2 + 2 * k], right, left))
+        found.append((peak, forward_time + r_times[:, k] + l_times[:, k], right, left))
     return found
 
 
@@ -375,8 +384,7 @@ def _combine(rights, lefts, held, grads_between, forward_peak, forward_time, cut
     cutoff is among these.  Entries are keyed ``s · K + peak`` so one
     ``searchsorted`` serves every split.
     """
-    r_size = np.array([len(r.peak) for r in rights])
-    l_size = np.array([len(l.peak) for l in lefts])
+    r_size, l_size = np.array([len(r.peak) for r in rights]), np.array([len(l.peak) for l in lefts])
     r_peak = np.concatenate([r.peak for r in rights]) + held
     l_peak = np.concatenate([l.peak for l in lefts]) + np.repeat(grads_between, l_size)
     scale = int(cutoff.max())                     # every level merged lies below its split's cutoff
