@@ -396,7 +396,9 @@ def _combine(rights, lefts, held, grads_between, forward_peak, forward_time, cut
                        cutoff[:h])
         high = _combine(rights[h:], lefts[h:], held, grads_between[h:], forward_peak[h:], forward_time[h:],
                         cutoff[h:])
-        return tuple(np.concatenate((x, y + h if i == 2 else y)) for i, (x, y) in enumerate(zip(low, high)))
+        both = [np.concatenate((x, y + h if i == 2 else y)) for i, (x, y) in enumerate(zip(low, high))]
+        kept = _staircase(both[0], both[1])
+        return tuple(column[kept] for column in both)
     splits = np.arange(len(rights))
     r_seg, l_seg = np.repeat(splits, r_size), np.repeat(splits, l_size)
     r_start, l_start = np.cumsum(r_size) - r_size, np.cumsum(l_size) - l_size
