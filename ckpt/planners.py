@@ -28,10 +28,13 @@ peaks to the byte (a test re-executes every plan), times are the profile's sums.
 
 from __future__ import annotations
 
-import bisect
 import math
 import re
+import sys
 from functools import lru_cache
+from typing import NamedTuple
+
+import numpy as np
 
 from .profile import Profile
 from .schedule import Backward, Forward, ForwardTape, Free, Load, Loss, Save, Schedule
@@ -133,21 +136,69 @@ def revolve(n: int, slots: int) -> Schedule:
 
 # ------------------------------------------------------------------- optimal
 
-class _Planner:
-    """The dynamic program over sub-problems (a, b): per sub-problem the Pareto set of (peak, time).
+class _Front(NamedTuple):
+    """A sub-problem's Pareto frontier (peaks rising, times falling) and how each entry is built.
 
-    A frontier is a list of (peak, time, plan) with peaks rising and times
-    falling.  Peaks count what the sub-problem holds beyond its callers: δ_b,
-    finished gradients, its own checkpoints, tapes and current activation, and
-    x_a unless a caller keeps it (``pinned``: x_0, or kept by the tape above).
+    ``split`` is 0 for the tape option (``right`` indexes the frontier of (a+1, b)) and c − a for a
+    checkpoint at c (``right`` and ``left`` index the frontiers of (c, b) and (a, c)).
+    """
+    peak: np.ndarray          # int64 bytes, relative to G[b]
+    time: np.ndarray
+    split: np.ndarray
+    right: np.ndarray
+    left: np.ndarray
+
+
+class _Row:
+    """The frontiers one family of parents splits into, by split point c, with their ends as arrays
+    (entries; least and last peak; their times), so that a parent reads them as slices."""
+
+    def __init__(self, n: int, edge: int):
+        self.fronts, self.edge = [None] * (n + 1), edge              # edge: the last c filled
+        self.size = np.zeros(n + 1, dtype=np.int64)
+        self.peaks = np.zeros((n + 1, 2), dtype=np.int64)
+        self.times = np.zeros((n + 1, 2))
+
+    def put(self, c: int, front: _Front) -> None:
+        """Record the frontier of split point c."""
+        self.fronts[c], self.edge = front, c
+        if len(front.peak):
+            self.size[c] = len(front.peak)
+            self.peaks[c] = front.peak[0], front.peak[-1]
+            self.times[c] = front.time[0], front.time[-1]
+
+    def ends(self, first: int, last: int, usable: np.ndarray | None = None) -> tuple:
+        """(entries, peaks, times) of split points first..last, or of ``usable`` among them."""
+        ends = self.size[first:last + 1], self.peaks[first:last + 1], self.times[first:last + 1]
+        return ends if usable is None else tuple(column[usable] for column in ends)
+
+
+_NEVER = np.iinfo(np.int64).max
+
+
+class _Planner:
+    """The dynamic program over sub-problems (a, b): per sub-problem its whole Pareto set of (peak, time).
+
+    Peaks count what the sub-problem holds beyond its callers: δ_b, finished
+    gradients, its own checkpoints, tapes and current activation, and x_a
+    unless a caller keeps it (``pinned``: x_0, or kept by the tape above).
+    Sub-problems are keyed by content (x_a's bytes, stages a+1..b's costs,
+    ``pinned``, ``pending``) with peaks relative to G[b], the gradients of the
+    stages after b (held throughout), so equal sub-chains at different depths
+    share one frontier.  With a ``cap`` (a budget), entries above the cap less
+    the least G[b] of the content's occurrences are dropped: no plan within the
+    budget can use them.  A sub-problem's frontier is built once, whole, from
+    its children's: every split at once in numpy (``_combine``), then one
+    Pareto filter; so one solve answers every budget up to the cap.  Entries
+    are only ever dropped when another entry kept peaks no higher and is no
+    slower, so the frontier is exact.
     """
 
     def __init__(self, profile: Profile, cap: int | None = None, first_only: bool = False):
         p, n = profile, len(profile)
-        self.n, self.cap, self.first_only, self.memo = n, cap, first_only, {}
+        self.n, self.first_only, self.memo = n, first_only, {}
+        self.right_rows, self.left_rows = {}, {}                  # by (b, pending) and by (a, pinned)
         self.X = [p.activation_bytes(j) for j in range(n + 1)]
-        self.xs = [0] + self.X[1:]                    # x_0 is the caller's input: never counted
-        st = (None, *p.stages)
         self.f = [0] + [s.forward_transient for s in p.stages]
         self.r = [0] + [s.backward_transient for s in p.stages]
         self.kin = [False] + [s.tape_keeps_input for s in p.stages]
@@ -155,107 +206,242 @@ class _Planner:
         self.own = [0] + [p.tape_own_bytes(i) for i in range(1, n + 1)]
         self.F = [0.0] + [s.forward_time for s in p.stages]
         self.Bt = [0.0] + [s.backward_time for s in p.stages]
-        self.Fsum = [0.0]
-        for i in range(1, n + 1):
-            self.Fsum.append(self.Fsum[-1] + self.F[i])
-        # the loss value's bytes (Profile.loss_bytes) are held from Loss() to the step's end, as the finished
-        # gradients are: counted in G after the loss, left out of the first sweep's base (pending)
-        self.L = p.loss_bytes
-        self.G = [sum(s.grad_bytes for s in st[b + 1:]) + self.L for b in range(n + 1)]
+        self.Fsum = np.cumsum(self.F, dtype=np.float64)
+        grads = [0] + [s.grad_bytes for s in p.stages] + [0]
+        self.G = [sum(grads[b + 1:]) for b in range(n + 1)]
+        self.Gnp = np.array(self.G, dtype=np.int64)
         self.loss_transient, self.loss_time = p.loss_transient, p.loss_time
+        # the loss value's bytes (Profile.loss_bytes) are held from Loss() to the step's end: in every
+        # peak after the loss (backwards, sub-problems past it), in none of the first sweep's forwards
+        self.L = p.loss_bytes
+        # the forward peak of stage c run without a tape after stage c − 1's: x_{c−1} and its transient
+        self.untaped = np.array([0, 0] + [self.X[c - 1] + self.f[c] for c in range(2, n + 1)], dtype=np.int64)
+        self.content, least_g = self._content_ids()
+        self.cap = {cid: math.inf if cap is None else cap - g for cid, g in least_g.items()}
 
-    def solve(self, a: int, b: int, pinned: bool, pending: bool) -> list:
+    def _content_ids(self) -> tuple[list[list[int]], dict]:
+        """content[a][b]: one id per distinct sub-problem content, and the least G[b] of each id's occurrences.
+
+        Ids are interned incrementally: content[a][b] from content[a][b−1] and stage b's costs.
+        """
+        intern, n, G = {}, self.n, self.G
+        stage = [intern.setdefault(("stage", self.X[i], self.f[i], self.r[i], self.kin[i], self.kout[i], self.own[i],
+                                    self.F[i], self.Bt[i], G[i - 1] - G[i]), len(intern))
+                 for i in range(n + 1)]
+        content, least_g = [], {}
+        for a in range(n + 1):
+            row = [intern.setdefault(("start", self.X[a]), len(intern))]
+            for b in range(a + 1, n + 1):
+                row.append(intern.setdefault((row[-1], stage[b]), len(intern)))
+            for b, cid in enumerate(row, start=a):
+                least_g[cid] = min(least_g.get(cid, G[b]), G[b])
+            content.append([None] * a + row)
+        return content, least_g
+
+    def solve(self, a: int, b: int, pinned: bool, pending: bool) -> _Front:
         """Frontier of sub-problem (a, b) (memoised; ``pending``: the loss is still to run)."""
         pinned = pinned or a == 0
-        key = (a, b, pinned, pending)
+        key = (self.content[a][b], pinned, pending)
         found = self.memo.get(key)
         if found is None:
-            found = self.memo[key] = self._pareto(self._options(a, b, pinned, pending))
+            found = self.memo[key] = self._front(a, b, pinned, pending, self.cap[key[0]])
         return found
 
-    def _options(self, a, b, pinned, pending):
-        X, xs = self.X, self.xs
-        base = self.G[b] - self.L if pending else X[b] + self.G[b]
-        cur = 0 if pinned else xs[a]
+    def _front(self, a, b, pinned, pending, cap) -> _Front:
+        X = self.X
+        base = 0 if pending else X[b] + self.L
+        cur = 0 if pinned else X[a]
         if a == b:
-            if pending:
-                return [(max(cur + self.loss_transient, X[b] + self.L), self.loss_time, ("loss",))]
-            return [(base + cur, 0.0, ("none",))]
-        options = self._tape(a, b, pinned, pending, base, cur)
-        fw = self.f[a + 1]
-        for c in range(a + 1, b + (1 if pending else 0)):
-            if c > a + 1:
-                fw = max(fw, X[c - 1] + self.f[c])
-            right = self.solve(c, b, False, pending)
-            left = self.solve(a, c, pinned, False)
-            options += _combine(base + cur + fw, cur, right, left, self.Fsum[c] - self.Fsum[a], c - a)
-        return options
+            peak = max(cur + self.loss_transient, X[b] + self.L) if pending else base + cur
+            one = np.zeros(1, dtype=np.int64)
+            return self._pareto(cap, np.array([peak], dtype=np.int64),
+                                np.array([self.loss_time if pending else 0.0]), one, one, one)
+        parts = [self._tape(a, b, pending, base, cur)]
+        last = b if pending else b - 1                     # c = b = n: checkpoint, forward to n, then the loss
+        if last > a:
+            parts += self._splits(a, b, pinned, pending, base, cur, last, parts[0], cap)
+        return self._pareto(cap, *(np.concatenate(column) for column in zip(*parts)))
 
-    def _tape(self, a, b, pinned, pending, base, cur):
-        i = a + 1
-        held = (cur if self.kin[i] else 0) + self.own[i] + (self.X[i] if self.kout[i] else 0)
-        notes = max(base + cur + self.f[i], held + self.X[i] + self.G[i] + self.r[i], self.X[a] + self.G[a])
-        extra = self.F[i] + self.Bt[i]
-        return [(max(notes, held + pc), tc + extra, ("tape", entry))
-                for entry in self.solve(i, b, self.kout[i], pending) for pc, tc in [entry[:2]]]
+    def _tape(self, a, b, pending, base, cur):
+        i, X, G = a + 1, self.X, self.G
+        held = (cur if self.kin[i] else 0) + self.own[i] + (X[i] if self.kout[i] else 0)
+        notes = max(base + cur + self.f[i], held + X[i] + G[i] - G[b] + self.r[i] + self.L, X[a] + G[a] - G[b] + self.L)
+        child = self.solve(i, b, self.kout[i], pending)
+        size = len(child.peak)
+        return (np.maximum(notes, held + child.peak), child.time + (self.F[i] + self.Bt[i]),
+                np.zeros(size, dtype=np.int64), np.arange(size), np.zeros(size, dtype=np.int64))
 
-    def _pareto(self, options: list) -> list:
-        options.sort(key=lambda e: (e[0], e[1]))
-        front = []
-        for e in options:
-            if not front or e[1] < front[-1][1]:
-                if front and front[-1][0] == e[0]:
-                    front[-1] = e
-                else:
-                    front.append(e)
-        if self.cap is not None:
-            front = [e for e in front if e[0] <= self.cap] or front[:1]
-        return front[:1] if self.first_only else front
+    def _splits(self, a, b, pinned, pending, base, cur, last, tape, cap) -> list:
+        """Candidates of every checkpoint split c in a+1..last: (peak, time, split, right index, left index) arrays.
 
-    def actions(self, a, b, pinned, pending, plan, out: list) -> None:
-        """Append the actions of ``plan`` for sub-problem (a, b)."""
-        kind = plan[0]
-        if kind == "loss":
-            out.append(Loss())
-        elif kind == "tape":
+        Each split's two corners (both sides at their least peak; both at
+        their fastest) are built first; with the tape option they make a
+        provisional frontier.  A split whose every candidate is dominated by it
+        (its fastest time is reached there at or below its least peak) is
+        skipped; of the rest, only peak levels below where the provisional
+        frontier reaches the split's fastest time are merged (``_combine``).
+        """
+        right_row, left_row = self._rights(b, pending, a + 1, last), self._lefts(a, pinned, last)
+        usable = np.flatnonzero((right_row.size[a + 1:last + 1] > 0) & (left_row.size[a + 1:last + 1] > 0))
+        if not len(usable):
+            return []
+        rights = [right_row.fronts[c] for c in usable + a + 1]
+        lefts = [left_row.fronts[c] for c in usable + a + 1]
+        forward = np.maximum.accumulate(np.concatenate(([self.f[a + 1]], self.untaped[a + 2:last + 1])))[usable]
+        forward_peak = base + cur + forward
+        forward_time = self.Fsum[a + 1:last + 1][usable] - self.Fsum[a]
+        grads_between = self.Gnp[a + 1:last + 1][usable] - self.G[b]        # left peaks: relative to G[c]
+        corners = _corners(right_row.ends(a + 1, last, usable), left_row.ends(a + 1, last, usable), cur,
+                           grads_between, forward_peak, forward_time)
+        split = usable + 1
+        low, fast = ((peak, time, split, right, left) for peak, time, right, left in corners)
+        known_peak, known_time = (np.concatenate(c) for c in zip(tape[:2], low[:2], fast[:2]))
+        known = _staircase(known_peak, known_time)
+        known_peak, known_time = known_peak[known], known_time[known]
+        reach = np.searchsorted(-known_time, -fast[1], side="left")      # first known entry at least as fast
+        cutoff = np.append(known_peak, _NEVER)[reach]
+        cutoff = np.minimum(cutoff, _NEVER if cap == math.inf else cap + 1)
+        alive = np.flatnonzero(cutoff > low[0])
+        if not len(alive):
+            return [low, fast]
+        peak, time, seg, right, left = _combine([rights[s] for s in alive], [lefts[s] for s in alive], cur,
+                                                grads_between[alive], forward_peak[alive], forward_time[alive],
+                                                cutoff[alive])
+        return [low, fast, (peak, time, split[alive][seg], right, left)]
+
+    def _rights(self, b, pending, first, last) -> _Row:
+        """The row of sub-problems (c, b) for c in first..last (filled downwards: (c, b) needs (c', b), c' > c)."""
+        row = self.right_rows.get((b, pending))
+        if row is None:
+            row = self.right_rows[(b, pending)] = _Row(self.n, last + 1)
+        while row.edge > first:
+            row.put(row.edge - 1, self.solve(row.edge - 1, b, False, pending))
+        return row
+
+    def _lefts(self, a, pinned, last) -> _Row:
+        """The row of sub-problems (a, c) for c in a+1..last (filled upwards: (a, c) needs (a, c'), c' < c)."""
+        row = self.left_rows.get((a, pinned))
+        if row is None:
+            row = self.left_rows[(a, pinned)] = _Row(self.n, a)
+        while row.edge < last:
+            row.put(row.edge + 1, self.solve(a, row.edge + 1, pinned, False))
+        return row
+
+    def _pareto(self, cap, peak, time, split, right, left) -> _Front:
+        chosen = _staircase(peak, time)
+        chosen = chosen[:np.searchsorted(peak[chosen], cap, side="right")]
+        chosen = chosen[:1] if self.first_only else chosen
+        return _Front(peak[chosen], time[chosen], split[chosen], right[chosen], left[chosen])
+
+    def actions(self, a, b, pinned, pending, k, out: list) -> None:
+        """Append the actions of entry ``k`` of sub-problem (a, b)'s frontier."""
+        pinned = pinned or a == 0
+        if a == b:
+            out += [Loss()] if pending else []
+            return
+        front = self.memo[(self.content[a][b], pinned, pending)]
+        split, right, left = int(front.split[k]), int(front.right[k]), int(front.left[k])
+        if split == 0:
             out.append(ForwardTape(a + 1))
-            self.actions(a + 1, b, self.kout[a + 1], pending, plan[1][2], out)
+            self.actions(a + 1, b, self.kout[a + 1], pending, right, out)
             out.append(Backward(a + 1))
-        elif kind == "ckpt":
-            _, split, right, left = plan
-            c = a + split
-            out += [Save(a), *(Forward(i) for i in range(a + 1, c + 1))]
-            self.actions(c, b, False, pending, right[2], out)
-            out += [Load(a), Free(a)]
-            self.actions(a, c, pinned, False, left[2], out)
+            return
+        c = a + split
+        out += [Save(a), *(Forward(i) for i in range(a + 1, c + 1))]
+        self.actions(c, b, False, pending, right, out)
+        out += [Load(a), Free(a)]
+        self.actions(a, c, pinned, False, left, out)
 
 
-def _combine(forward_peak, held, right: list, left: list, forward_time: float, split: int) -> list:
-    """Frontier of 'forward to a + split, solve right (holding ``held``), then solve left': a two-pointer merge."""
-    out, i, j = [], 0, 0
-    while True:
-        r, l = right[i], left[j]
-        peak = max(forward_peak, held + r[0], l[0])
-        time = forward_time + r[1] + l[1]
-        if not out or time < out[-1][1]:
-            entry = (peak, time, ("ckpt", split, r, l))
-            if out and out[-1][0] == peak:
-                out[-1] = entry
-            else:
-                out.append(entry)
-        next_r = held + right[i + 1][0] if i + 1 < len(right) else math.inf
-        next_l = left[j + 1][0] if j + 1 < len(left) else math.inf
-        if next_r == next_l == math.inf:
-            return out
-        if next_r <= next_l:
-            i += 1
-        if next_l <= next_r:
-            j += 1
+def _staircase(peak, time) -> np.ndarray:
+    """Indices of the Pareto frontier of points (peaks rising, times falling; the fastest of equal peaks)."""
+    order = np.argsort(peak, kind="stable")              # candidates come in sorted runs: a merge
+    time = time[order]
+    faster = np.empty(len(time), dtype=bool)
+    faster[:1] = True
+    np.less(time[1:], np.minimum.accumulate(time)[:-1], out=faster[1:])    # than every lower or equal peak before
+    order = order[faster]
+    peak = peak[order]
+    last_of_peak = np.ones(len(peak), dtype=bool)
+    np.not_equal(peak[1:], peak[:-1], out=last_of_peak[:-1])
+    return order[last_of_peak]          # of equal peaks the last kept is the fastest
 
 
-def _plan(planner: _Planner, entry) -> Schedule:
+def _corners(right_ends, left_ends, held, grads_between, forward_peak, forward_time):
+    """Every split's two corner candidates, both sides at their least peak and both at their fastest:
+    ((peak, time, right index, left index) arrays) twice, from the sides' ``_Row.ends``."""
+    (r_size, r_peaks, r_times), (l_size, l_peaks, l_times) = right_ends, left_ends
+    found = []
+    for k, right, left in ((0, 0 * r_size, 0 * l_size), (1, r_size - 1, l_size - 1)):
+        peak = np.maximum(np.maximum(r_peaks[:, k] + held, l_peaks[:, k] + grads_between), forward_peak)
+        found.append((peak, forward_time + r_times[:, k] + l_times[:, k], right, left))
+    return found
+
+
+def _combine(rights, lefts, held, grads_between, forward_peak, forward_time, cutoff):
+    """All splits' 'forward to c, solve right (holding ``held``), then solve left' at once: a staircase merge.
+
+    For split s, each candidate peak level (a right peak + held, or a left
+    peak) below ``cutoff[s]`` pairs the fastest right entry and the fastest
+    left entry at or below it; every Pareto-optimal pair with a peak below the
+    cutoff is among these.  Entries are keyed ``s · K + peak`` so one
+    ``searchsorted`` serves every split.
+    """
+    r_size, l_size = np.array([len(r.peak) for r in rights]), np.array([len(l.peak) for l in lefts])
+    r_peak = np.concatenate([r.peak for r in rights]) + held
+    l_peak = np.concatenate([l.peak for l in lefts]) + np.repeat(grads_between, l_size)
+    scale = int(cutoff.max())                     # every level merged lies below its split's cutoff
+    if scale == _NEVER:
+        scale = int(max(r_peak.max(initial=0), l_peak.max(initial=0))) + 1
+    if scale * len(rights) >= 2**62 and len(rights) > 1:          # keys would overflow int64: halve
+        h = len(rights) // 2
+        low = _combine(rights[:h], lefts[:h], held, grads_between[:h], forward_peak[:h], forward_time[:h],
+                       cutoff[:h])
+        high = _combine(rights[h:], lefts[h:], held, grads_between[h:], forward_peak[h:], forward_time[h:],
+                        cutoff[h:])
+        both = [np.concatenate((x, y + h if i == 2 else y)) for i, (x, y) in enumerate(zip(low, high))]
+        kept = _staircase(both[0], both[1])
+        return tuple(column[kept] for column in both)
+    splits = np.arange(len(rights))
+    r_seg, l_seg = np.repeat(splits, r_size), np.repeat(splits, l_size)
+    r_start, l_start = np.cumsum(r_size) - r_size, np.cumsum(l_size) - l_size
+    r_in = np.flatnonzero(r_peak < cutoff[r_seg])        # higher levels are dominated by a known entry
+    l_in = np.flatnonzero(l_peak < cutoff[l_seg])
+    keys = np.concatenate((r_seg[r_in] * scale + r_peak[r_in], l_seg[l_in] * scale + l_peak[l_in]))
+    origin = np.concatenate((r_in, l_in + len(r_peak)))[np.argsort(keys, kind="stable")]   # merges two sorted runs
+    from_right = origin < len(r_peak)
+    ri = np.maximum.accumulate(np.where(from_right, origin, -1))          # the last right entry at or below
+    li = np.maximum.accumulate(np.where(from_right, -1, origin - len(r_peak)))
+    seg = np.concatenate((r_seg, l_seg))[origin]
+    ok = (ri >= r_start[seg]) & (li >= l_start[seg])                 # both sides have an entry at this level
+    ri, li, seg = ri[ok], li[ok], seg[ok]
+    r_time = np.concatenate([r.time for r in rights])
+    l_time = np.concatenate([l.time for l in lefts])
+    peak = np.maximum(np.maximum(r_peak[ri], l_peak[li]), forward_peak[seg])
+    time = forward_time[seg] + r_time[ri] + l_time[li]
+    kept = _staircase(peak, time)                        # the envelope of all splits: most candidates go here
+    ri, li, seg = ri[kept], li[kept], seg[kept]
+    return peak[kept], time[kept], seg, ri - r_start[seg], li - l_start[seg]
+
+
+def _solve_whole(planner: _Planner) -> _Front:
+    """The frontier of the whole chain (recursion deepens by one frame triple per nested sub-problem)."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 10 * planner.n + 1000))
+    try:
+        return planner.solve(0, planner.n, True, True)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def _plan(planner: _Planner, k: int) -> Schedule:
     actions = []
-    planner.actions(0, planner.n, True, True, entry[2], actions)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 10 * planner.n + 1000))
+    try:
+        planner.actions(0, planner.n, True, True, k, actions)
+    finally:
+        sys.setrecursionlimit(limit)
     return Schedule(planner.n, actions)
 
 
@@ -264,222 +450,32 @@ def pareto(profile: Profile) -> list[tuple[int, float, Schedule]]:
 
     Exact, and one solve answers every budget; but on heterogeneous chains the
     frontiers of sub-problems grow with the number of distinct byte sums, so keep
-    it to n ≲ 30 (``optimal`` searches one budget and goes further).
+    it to n ≲ 30 (``optimal`` drops every entry above its budget and goes further).
     """
+    check_profile(profile, "pareto")
     planner = _Planner(profile)
-    front = planner.solve(0, len(profile), True, True)
-    return [(e[0], e[1], _plan(planner, e)) for e in front]
+    front = _solve_whole(planner)
+    return [(int(front.peak[k]), float(front.time[k]), _plan(planner, k)) for k in range(len(front.peak))]
 
 
 def min_feasible_budget(profile: Profile) -> int:
-    """The least budget (bytes) under which any schedule of the class exists (an O(n³) pass)."""
-    return _Planner(profile, first_only=True).solve(0, len(profile), True, True)[0][0]
-
-
-class _Intervals:
-    """Budgets [lo, hi] over which a sub-problem's answer is known, disjoint and sorted by lo."""
-
-    def __init__(self):
-        self.infeasible, self.lo, self.hi, self.answers = -1, [], [], []
-
-    def add(self, lo, hi, answer) -> None:
-        """Record ``answer`` (peak ``lo``) as optimal on [lo, hi]; intervals it overlaps share its time: merge."""
-        k = bisect.bisect_left(self.lo, lo)
-        if k and self.hi[k - 1] >= lo:                        # the one below reaches in: its plan has the lower peak
-            k -= 1
-            lo, answer = self.lo[k], self.answers[k]
-        j = k
-        while j < len(self.lo) and self.lo[j] <= hi:
-            hi = max(hi, self.hi[j])
-            j += 1
-        self.lo[k:j], self.hi[k:j], self.answers[k:j] = [lo], [hi], [answer]
-
-
-class _BudgetPlanner(_Planner):
-    """The same recursion for one budget: least time with peak ≤ m, memoised on intervals of m.
-
-    The answer of a sub-problem is a step function of its budget m: a plan of
-    time t and peak q found for budget m answers every budget in [q, m], and
-    infeasibility at m answers every budget below.  Splits c are tried in
-    rising order and cut off once the time bound (every stage forward and
-    backward once, stages a+1..c forward once more) reaches the best time found.
-    """
-
-    def __init__(self, profile: Profile):
-        super().__init__(profile)
-        n = self.n
-        self.FB = [0.0]
-        for i in range(1, n + 1):
-            self.FB.append(self.FB[-1] + self.F[i] + self.Bt[i])
-        self.known = {}
-        self.content = self._content_ids()
-        # Backward(i) holds at least δ_i, finished gradients, its tape and its transient:
-        # a lower bound on the peak of any sub-problem containing stage i (input x_{i-1} counted
-        # only when it is produced inside the sub-problem: i − 1 > a).
-        at = [0] + [X + self.G[i] + self.r[i] + self.own[i] + self.kout[i] * X + self.kin[i] * self.xs[i - 1]
-                    for i, X in enumerate(self.X[1:], start=1)]
-        self.inner_bound = [[0] * (n + 1) for _ in range(n + 1)]       # max of ``at`` over stages a+2..b
-        for a in range(n + 1):
-            run = 0
-            for b in range(a + 2, n + 1):
-                run = max(run, at[b])
-                self.inner_bound[a][b] = run
-
-    def _content_ids(self) -> list[list[int]]:
-        """content[a][b]: one id per distinct sub-problem content (x_a's bytes and stages a+1..b's costs).
-
-        Sub-problems with equal content have equal answers once budgets and
-        peaks are taken relative to G[b] (the gradients of stages after b, held
-        throughout), so repeated blocks share their work.  Ids are interned
-        incrementally: content[a][b] from content[a][b−1] and stage b's costs.
-        """
-        intern, n = {}, self.n
-        stage = [intern.setdefault(("stage", self.X[i], self.f[i], self.r[i], self.kin[i], self.kout[i], self.own[i],
-                                    self.F[i], self.Bt[i], self.G[i - 1] - self.G[i]), len(intern))
-                 for i in range(n + 1)]
-        content = []
-        for a in range(n + 1):
-            row = [intern.setdefault(("start", self.X[a]), len(intern))]
-            for b in range(a + 1, n + 1):
-                row.append(intern.setdefault((row[-1], stage[b]), len(intern)))
-            content.append([None] * a + row)
-        return content
-
-    def _peak_bound(self, a, b, pinned, base, cur) -> int:
-        """A lower bound on the peak of every plan of (a, b): its first forward and its backwards."""
-        i = a + 1
-        first = (self.X[i] + self.G[i] + self.r[i] + self.own[i] + self.kout[i] * self.X[i]
-                 + (self.kin[i] * cur))
-        return max(base + cur + self.f[i], first, self.inner_bound[a][b])
-
-    def best(self, a, b, pinned, pending, m):
-        """(answer, hi): the fastest plan (time, peak, plan) of (a, b) within budget m, or None; the same
-        answer holds for every budget up to hi (so one solve answers a whole step of the budget)."""
-        pinned = pinned or a == 0
-        key = (self.content[a][b], pinned, pending)
-        known = self.known.get(key)
-        if known is None:
-            known = self.known[key] = _Intervals()
-        g = self.G[b]                                     # memo budgets and peaks are relative to G[b]
-        rel = m - g
-        if rel <= known.infeasible:
-            return None, known.infeasible + g
-        k = bisect.bisect_right(known.lo, rel) - 1        # the interval starting at or below m
-        if k >= 0 and known.hi[k] >= rel:
-            time, peak, plan = known.answers[k]
-            return (time, peak + g, plan), known.hi[k] + g
-        start = known.answers[k] if k >= 0 else None       # fits m: an upper bound on the time
-        start = start and (start[0], start[1] + g, start[2])
-        floor = (known.answers[k + 1][0], known.hi[k + 1] + g) if k + 1 < len(known.lo) else (-math.inf, 0)
-        answer, hi = self._best(a, b, pinned, pending, m, start, floor)
-        if answer is None:
-            known.infeasible = max(known.infeasible, hi - g)
-        else:
-            known.add(answer[1] - g, hi - g, (answer[0], answer[1] - g, answer[2]))
-        return answer, hi
-
-    def floor(self, a, b, pinned, pending, m):
-        """(t, up): every plan of (a, b) within any budget up to ``up`` (≥ m) takes at least t (no search)."""
-        pinned = pinned or a == 0
-        known = self.known.get((self.content[a][b], pinned, pending))
-        fastest = self.FB[b] - self.FB[a] + (self.loss_time if pending else 0)
-        if known is None:
-            return fastest, math.inf
-        g = self.G[b]
-        rel = m - g
-        if rel <= known.infeasible:
-            return math.inf, known.infeasible + g
-        k = bisect.bisect_right(known.lo, rel) - 1
-        if k >= 0 and known.hi[k] >= rel:
-            return known.answers[k][0], known.hi[k] + g
-        if k + 1 < len(known.lo):
-            return known.answers[k + 1][0], known.hi[k + 1] + g
-        return fastest, math.inf
-
-    def _best(self, a, b, pinned, pending, m, start, floor):
-        """``best`` without the memo; ``floor`` = (time, hi) of the answer at the next larger known budget.
-
-        hi is the least budget above m at which the search could go otherwise:
-        a pruned forward or tape that starts to fit, or a child whose answer
-        changes; below it every branch, bound and child answer is m's.
-        """
-        X = self.X
-        base = self.G[b] - self.L if pending else X[b] + self.G[b]
-        cur = 0 if pinned else self.xs[a]
-        if a == b:
-            peak, time, plan = self._options(a, b, pinned, pending)[0]
-            return ((time, peak, plan), math.inf) if peak <= m else (None, peak - 1)
-        best, (floor_time, floor_hi) = start, floor
-        if best is not None and best[0] <= floor_time:
-            return best, floor_hi
-        if best is None:
-            least = self._peak_bound(a, b, pinned, base, cur)
-            if least > m:
-                return None, least - 1
-        i = a + 1
-        held = (cur if self.kin[i] else 0) + self.own[i] + (X[i] if self.kout[i] else 0)
-        notes = max(base + cur + self.f[i], held + X[i] + self.G[i] + self.r[i], X[a] + self.G[a])
-        limit = notes - 1
-        if notes <= m:
-            child, hi = self.best(i, b, self.kout[i], pending, m - held)
-            limit = hi + held
-            if child is not None and (best is None or self.F[i] + self.Bt[i] + child[0] < best[0]):
-                best = (self.F[i] + self.Bt[i] + child[0], max(notes, held + child[1]), ("tape", (0, 0, child[2])))
-        bound = self.FB[b] - self.FB[a] + (self.loss_time if pending else 0)
-        fw = self.f[a + 1]
-        for c in range(a + 1, b + (1 if pending else 0)):
-            forward_time = self.Fsum[c] - self.Fsum[a]
-            if best is not None:
-                if best[0] <= floor_time:
-                    return best, floor_hi
-                if bound + forward_time >= best[0]:
-                    break                                 # a bound valid at every budget
-            if c > a + 1:
-                fw = max(fw, X[c - 1] + self.f[c])
-            if base + cur + fw > m:
-                limit = min(limit, base + cur + fw - 1)
-                break                                     # the forward alone no longer fits, nor for larger c
-            if best is not None:                          # lower bounds from answers known already: skip
-                low_left, up_left = self.floor(a, c, pinned, False, m)
-                low_right, up_right = self.floor(c, b, False, pending, m - cur)
-                if forward_time + low_left + low_right >= best[0]:
-                    limit = min(limit, up_left, up_right + cur)
-                    continue
-            left, hi = self.best(a, c, pinned, False, m)
-            limit = min(limit, hi)
-            if left is None:
-                continue
-            if best is not None and forward_time + left[0] + bound - (self.FB[c] - self.FB[a]) >= best[0]:
-                continue                                  # even the right part at its fastest loses: skip it
-            right, hi = self.best(c, b, False, pending, m - cur)
-            limit = min(limit, hi + cur)
-            if right is None:
-                continue
-            time = forward_time + right[0] + left[0]
-            if best is None or time < best[0]:
-                peak = max(base + cur + fw, cur + right[1], left[1])
-                best = (time, peak, ("ckpt", c - a, (0, 0, right[2]), (0, 0, left[2])))
-        return best, limit
+    """The least budget (bytes) under which any schedule of the class exists."""
+    check_profile(profile, "min_feasible_budget")
+    return int(_solve_whole(_Planner(profile, first_only=True)).peak[0])
 
 
 @register_strategy("optimal")
 def optimal(profile: Profile, budget_bytes) -> Schedule:
     """Least predicted time whose predicted peak ≤ ``budget_bytes`` (exact bytes; class in module doc)."""
-    import sys
     check_profile(profile, "optimal")
     budget = parse_bytes(budget_bytes)
-    planner = _BudgetPlanner(profile)
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 20 * len(profile) + 1000))      # one frame pair per nested sub-problem
-    try:
-        answer, _ = planner.best(0, len(profile), True, True, budget)
-    finally:
-        sys.setrecursionlimit(limit)
-    if answer is None:
+    planner = _Planner(profile, cap=budget)
+    front = _solve_whole(planner)
+    if not len(front.peak):
         least = min_feasible_budget(profile)
         raise ValueError(f"planners: no schedule fits a budget of {budget:,} B; the least feasible budget "
                          f"is {least:,} B ({least / 2**20:.2f} MiB): raise the budget or shrink the batch")
-    return _plan(planner, (answer[1], answer[0], answer[2]))
+    return _plan(planner, len(front.peak) - 1)                  # the last entry within the cap: the fastest
 
 
 # ------------------------------------------------------------------- Chen et al. 2016

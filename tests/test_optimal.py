@@ -8,7 +8,7 @@ import pytest
 
 import ckpt
 from ckpt import Backward, Forward, ForwardTape, Free, Load, Loss, Profile, Save, Schedule, StageCost
-from ckpt.planners import pareto, revolve_count
+from ckpt.planners import _NEVER, _Front, _combine, pareto, revolve_count
 from profiling.meters import TracemallocMeter
 
 
@@ -234,3 +234,75 @@ def test_plans_run_on_torch_with_gradients_bitwise_equal_store_all():
     for budget in (peaks[0], peaks[len(peaks) // 2], peaks[-1]):
         plan = ckpt.optimal(profile, budget)
         assert all(torch.equal(a, b) for a, b in zip(grads(lambda n, s=plan: s), reference))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_budgeted_solve_matches_the_whole_frontier_on_longer_chains(seed):
+    """Beyond brute force: the capped solve (which drops entries and splits by dominance) answers every
+    budget of the uncapped frontier's ladder with the frontier's time, within the budget."""
+    rng = random.Random(2000 + seed)
+    profile = random_profile(rng.randint(10, 14), rng)
+    front = pareto(profile)
+    for budget in sorted({peak + d for peak, _, _ in front for d in (0, 1)})[::2]:
+        plan = ckpt.optimal(profile, budget)
+        assert ckpt.predict_memory(profile, plan).peak_bytes <= budget
+        assert profile.schedule_time(plan) == min(time for peak, time, _ in front if peak <= budget)
+
+
+def staircase_of(points):
+    """The Pareto frontier of (peak, time) points, peaks rising."""
+    front = []
+    for peak, time in sorted(set(points)):
+        if not front or time < front[-1][1]:
+            front.append((peak, time))
+    return front
+
+
+@pytest.mark.parametrize("unit", [1, 2**58])
+def test_combining_splits_is_the_envelope_of_every_pair(unit):
+    """``_combine`` (every split merged at once, keys split · scale + peak; in halves where keys would pass
+    int64, as with unit = 2**58) returns the Pareto envelope of every (right, left) pair of every split."""
+    rng = random.Random(unit % 97)
+
+    def frontier():
+        peaks = sorted(rng.sample(range(1, 12), rng.randint(1, 5)))
+        times = sorted(rng.sample(range(1, 60), len(peaks)), reverse=True)
+        return _Front(np.array(peaks, dtype=np.int64) * unit, np.array(times, dtype=np.float64), *[None] * 3)
+
+    splits = 6
+    rights, lefts = [frontier() for _ in range(splits)], [frontier() for _ in range(splits)]
+    held, grads = 2 * unit, np.array([rng.randint(0, 3) * unit for _ in range(splits)], dtype=np.int64)
+    forward_peak = np.array([rng.randint(1, 14) * unit for _ in range(splits)], dtype=np.int64)
+    forward_time = np.array([rng.randint(1, 9) for _ in range(splits)], dtype=np.float64)
+    peak, time, seg, right, left = _combine(rights, lefts, held, grads, forward_peak, forward_time,
+                                            np.full(splits, _NEVER, dtype=np.int64))
+    expected = staircase_of([(max(int(forward_peak[s]), int(rp) + held, int(lp) + int(grads[s])),
+                              forward_time[s] + rt + lt)
+                             for s in range(splits) for rp, rt in zip(rights[s].peak, rights[s].time)
+                             for lp, lt in zip(lefts[s].peak, lefts[s].time)])
+    assert list(zip(peak.tolist(), time.tolist())) == expected
+    for k, s in enumerate(seg):                                   # each entry is the pair it names
+        r, l = rights[s], lefts[s]
+        assert peak[k] == max(forward_peak[s], r.peak[right[k]] + held, l.peak[left[k]] + grads[s])
+        assert time[k] == forward_time[s] + r.time[right[k]] + l.time[left[k]]
+
+
+def test_bytes_near_the_int64_range_stay_exact():
+    """Peaks near 2**62 bytes (no float rounding, no int64 overflow, merges in halves): every plan matches
+    the same profile in small units."""
+    rng, unit = random.Random(0), 2**59
+    stages = [StageCost(forward_time=rng.randint(1, 9), backward_time=rng.randint(1, 9),
+                        output_bytes=rng.randint(1, 2), tape_bytes=rng.randint(0, 1),
+                        forward_transient=rng.randint(0, 1), backward_transient=rng.randint(0, 1),
+                        grad_bytes=rng.randint(0, 1)) for _ in range(8)]
+    small = Profile(tuple(stages), 1)
+    big = Profile(tuple(replace(s, output_bytes=s.output_bytes * unit, tape_bytes=s.tape_bytes * unit,
+                                forward_transient=s.forward_transient * unit,
+                                backward_transient=s.backward_transient * unit, grad_bytes=s.grad_bytes * unit)
+                        for s in stages), unit)
+    front = pareto(small)
+    assert len(front) > 2 and front[0][0] * unit * 2 >= 2**62          # two splits' keys pass 2**62
+    for peak, time, _ in front:
+        plan = ckpt.optimal(big, peak * unit)
+        assert ckpt.predict_memory(big, plan).peak_bytes <= peak * unit
+        assert big.schedule_time(plan) == time
