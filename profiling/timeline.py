@@ -8,7 +8,9 @@ the backward as they are consumed; prediction stays flat.  Per strategy, side by
   symbolic backend (``ckpt.executor.start`` + ``run.steps([a])``), the ledger's bytes
   after each action stacked by category (parameters, optimizer state, gradients, saved
   tapes, checkpoints, current activation and δ).  Temporaries inside an action are not
-  in the ledger after it: the model counts them only at its peak;
+  in the ledger after it: the model counts them only at its peak.  It describes the numpy
+  engine's stages (one Dense+ReLU each); torch's wrapper makes each Linear and ReLU a stage,
+  whose prediction is ``profiling.torch_costs`` (the sweep's torch rows), not drawn here;
 * **measured, numpy** — the same schedule on the numpy backend, ``tracemalloc`` after each
   action (the line) and its peak during the action (the shaded band above it: temporaries);
 * **measured, torch** — one step of the torch workload under ``TorchCPUMeter``: bytes held
@@ -167,7 +169,7 @@ def plot_timelines(tl: dict, c: Config, path: Path) -> Path:
             ax.set_ylim(0, top)
             ax.grid(True, alpha=0.3)
             ax.set_ylabel("MiB (params included)", fontsize=8)
-            source = {"predicted": "predicted (memory model)", "numpy": "measured: tracemalloc, numpy",
+            source = {"predicted": "predicted (memory model, numpy engine's stages)", "numpy": "measured: tracemalloc, numpy",
                       "torch": "measured: torch CPU allocator"}[kind]
             ax.set_title(f"{line if line == 'predict' else line + ' training step'} — {source}", fontsize=9)
     axes[0][0].legend(fontsize=7, loc="upper left")
