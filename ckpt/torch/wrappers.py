@@ -76,7 +76,28 @@ def _run_chain(runner: ChainRunner, stages: list, x):
     return x
 
 
-class CheckpointedSequential(nn.Sequential):
+class _PlanView:
+    """What a wrapper over a ``ChainRunner`` (``_runner``) shows of its plan: schedule, profile, last stats."""
+
+    @property
+    def schedule(self) -> Schedule | None:
+        """The validated schedule over the planned stages (with a budget: None until the first call plans)."""
+        if self.budget and self.budget.current is None:
+            return None
+        return self._runner.plan().schedule
+
+    @property
+    def profile(self) -> Profile | None:
+        """With a budget: the cost profile the current schedule was planned from."""
+        return self.budget and self.budget.profile
+
+    @property
+    def last_stats(self) -> Stats | None:
+        """Counts (and bytes, with ``track_memory``) of the latest training step."""
+        return self._runner.last_stats
+
+
+class CheckpointedSequential(_PlanView, nn.Sequential):
     """An ``nn.Sequential`` whose training step follows a checkpointing strategy's schedule.
 
     ``strategy`` is a registered name (``ckpt.strategies()``) or a function
@@ -101,23 +122,6 @@ class CheckpointedSequential(nn.Sequential):
                                    schedule_fn=self.budget and self.budget.schedule_for, **options)
         self.strategy, self.options = strategy, options
         self.preserve_rng_state, self.track_memory = preserve_rng_state, track_memory
-
-    @property
-    def schedule(self) -> Schedule | None:
-        """The validated schedule over the planned stages (with a budget: None until the first call plans)."""
-        if self.budget and self.budget.current is None:
-            return None
-        return self._runner.plan().schedule
-
-    @property
-    def profile(self) -> Profile | None:
-        """With a budget: the cost profile the current schedule was planned from."""
-        return self.budget and self.budget.profile
-
-    @property
-    def last_stats(self) -> Stats | None:
-        """Counts (and bytes, with ``track_memory``) of the latest training step."""
-        return self._runner.last_stats
 
     def forward(self, *inputs):
         """x_n for input(s) x_0 (several inputs arrive at stage 1 as one tuple)."""
@@ -252,7 +256,7 @@ def _every_segment(n: int, segments: int) -> Schedule:
 
 # ------------------------------------------------------------------ in place on a model
 
-class CheckpointHandle:
+class CheckpointHandle(_PlanView):
     """Checkpointing applied to blocks of a model: its schedule, stats, and ``remove()``.
 
     Also a context manager: checkpointing ends when the ``with`` block does.
@@ -262,7 +266,7 @@ class CheckpointHandle:
                  memory_check=True):
         self.blocks, self.budget = blocks, budget
         self.memory = MemoryGuard(memory_check, strategy, options, budget)
-        self.runner = ChainRunner(blocks, strategy, preserve_rng_state, track_memory,
+        self._runner = ChainRunner(blocks, strategy, preserve_rng_state, track_memory,
                                   schedule_fn=budget and budget.schedule_for, **options)
         self._step = None
         for k, block in enumerate(blocks, start=1):
@@ -273,31 +277,14 @@ class CheckpointHandle:
             block._ckpt_handle = self
             block.forward = _checkpointed_forward(self, k, block.forward)
 
-    @property
-    def schedule(self) -> Schedule | None:
-        """The validated schedule over the planned stages (with a budget: None until the first call plans)."""
-        if self.budget and self.budget.current is None:
-            return None
-        return self.runner.plan().schedule
-
-    @property
-    def profile(self) -> Profile | None:
-        """With a budget: the cost profile the current schedule was planned from."""
-        return self.budget and self.budget.profile
-
-    @property
-    def last_stats(self) -> Stats | None:
-        """Counts (and bytes, with ``track_memory``) of the latest training forward."""
-        return self.runner.last_stats
-
     def call(self, k: int, forward, args, kwargs):
         """Block k's output: the chain's first sweep when grad is on, plain otherwise."""
         if k == 1:
             if self.budget:
                 with self._own_forwards():                 # profiling calls the blocks themselves
-                    self.budget.plan_for(self.runner, self.blocks, _chain_input(self.budget, args, kwargs))
+                    self.budget.plan_for(self._runner, self.blocks, _chain_input(self.budget, args, kwargs))
             self.memory.check_blocks(self.blocks, forward, args, kwargs)
-            self._step = self.runner.start()
+            self._step = self._runner.start()
         step = self._step
         if step is None:
             return forward(*args, **kwargs)
