@@ -24,10 +24,16 @@ So the part before ``Loss()`` is one forward sweep 1..n, a checkpoint x_a is
 kept exactly while it is needed, and tapes are kept from their forward to their
 backward.  Within this class the planner is exact: peaks are the executor's
 peaks to the byte (a test re-executes every plan), times are the profile's sums.
+
+Two engines compute the same frontiers bit for bit (a test compares them): a C
+kernel (``_frontier.c``, compiled on first use by ``ckpt._native``; bottom-up,
+two-pointer merges) and the numpy engine below (top-down, every split merged
+at once), used where no C compiler is found or with ``CKPT_PLANNER_ENGINE=numpy``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import re
 import sys
@@ -36,6 +42,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._native import frontier_lib, pool_columns
 from .profile import Profile
 from .schedule import Backward, Forward, ForwardTape, Free, Load, Loss, Save, Schedule
 from .strategies import _check_depth, _segmented, register_strategy
@@ -196,7 +203,7 @@ class _Planner:
 
     def __init__(self, profile: Profile, cap: int | None = None, first_only: bool = False):
         p, n = profile, len(profile)
-        self.n, self.first_only, self.memo = n, first_only, {}
+        self.n, self.first_only, self.memo, self.pool = n, first_only, {}, None
         self.right_rows, self.left_rows = {}, {}                  # by (b, pending) and by (a, pinned)
         self.X = [p.activation_bytes(j) for j in range(n + 1)]
         self.f = [0] + [s.forward_transient for s in p.stages]
@@ -327,6 +334,46 @@ class _Planner:
             row.put(row.edge + 1, self.solve(a, row.edge + 1, pinned, False))
         return row
 
+    def solve_native(self, lib) -> _Front:
+        """Every sub-problem's frontier by the C kernel (``_frontier.c``, the same recursion and arithmetic,
+        bottom-up); returns the whole chain's."""
+        n = self.n
+        content = np.zeros((n + 1, n + 1), dtype=np.int32)
+        for a, row in enumerate(self.content):
+            content[a, a:] = row[a:]
+        ids = int(content.max()) + 1
+        cap = np.full(ids, _NEVER, dtype=np.int64)
+        for cid, limit in self.cap.items():
+            cap[cid] = _NEVER if limit == math.inf else limit
+        start, size = np.full(4 * ids, -1, dtype=np.int64), np.zeros(4 * ids, dtype=np.int64)
+        as64 = lambda v: np.ascontiguousarray(v, dtype=np.int64)
+        error = ctypes.c_int()
+        handle = lib.ckpt_frontier_solve(
+            n, as64(self.X), as64(self.f), as64(self.r), np.array(self.kin, dtype=np.uint8),
+            np.array(self.kout, dtype=np.uint8), as64(self.own),
+            np.array([F + B for F, B in zip(self.F, self.Bt)], dtype=np.float64),
+            np.ascontiguousarray(self.Fsum, dtype=np.float64), as64(self.Gnp), as64(self.untaped),
+            self.L, self.loss_transient, self.loss_time, content, cap, int(self.first_only),
+            start, size, ctypes.byref(error))
+        if not handle:
+            raise (MemoryError if error.value == -1 else RuntimeError)(
+                f"planners: the C planner kernel failed (code {error.value})")
+        try:
+            self.pool = (start, size, pool_columns(lib, handle))
+        finally:
+            lib.ckpt_frontier_free(handle)
+        return self.front_of(0, n, True, True)
+
+    def front_of(self, a, b, pinned, pending) -> _Front:
+        """The built frontier of sub-problem (a, b) (from the memo, or from the C kernel's pool)."""
+        pinned = pinned or a == 0
+        cid = self.content[a][b]
+        if self.pool is None:
+            return self.memo[(cid, pinned, pending)]
+        start, size, columns = self.pool
+        k = 4 * cid + 2 * pinned + pending
+        return _Front(*(column[start[k]:start[k] + size[k]] for column in columns))
+
     def _pareto(self, cap, peak, time, split, right, left) -> _Front:
         chosen = _staircase(peak, time)
         chosen = chosen[:np.searchsorted(peak[chosen], cap, side="right")]
@@ -339,7 +386,7 @@ class _Planner:
         if a == b:
             out += [Loss()] if pending else []
             return
-        front = self.memo[(self.content[a][b], pinned, pending)]
+        front = self.front_of(a, b, pinned, pending)
         split, right, left = int(front.split[k]), int(front.right[k]), int(front.left[k])
         if split == 0:
             out.append(ForwardTape(a + 1))
@@ -425,7 +472,11 @@ def _combine(rights, lefts, held, grads_between, forward_peak, forward_time, cut
 
 
 def _solve_whole(planner: _Planner) -> _Front:
-    """The frontier of the whole chain (recursion deepens by one frame triple per nested sub-problem)."""
+    """The frontier of the whole chain: by the C kernel where it builds, else by the numpy engine (whose
+    recursion deepens by one frame triple per nested sub-problem)."""
+    lib = frontier_lib()
+    if lib is not None:
+        return planner.solve_native(lib)
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 10 * planner.n + 1000))
     try:

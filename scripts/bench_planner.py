@@ -2,6 +2,11 @@
 
     PYTHONPATH=. python scripts/bench_planner.py --out reports/planner
 
+Both planner engines are timed, each (chain, n, budget) in its own process: the
+C kernel (``native``, the default where a compiler exists) and the numpy engine
+(``CKPT_PLANNER_ENGINE=numpy``).  The kernel's one-off build (once per source
+version, cached) is timed apart.
+
 Each (chain, n, budget) runs in its own single-threaded process with a CPU-time
 limit; a run past it is recorded as a timeout (and larger n of that chain and
 budget are not tried).  Chains (Dense+ReLU MLPs, batch 1024, float64, bytes exact
@@ -31,7 +36,7 @@ import time
 from pathlib import Path
 
 CHILD = r"""
-import json, sys, time
+import json, resource, sys, time
 import ckpt
 kind, n, which = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 if kind == "homogeneous":
@@ -50,26 +55,32 @@ t0 = time.process_time()
 plan = ckpt.optimal(profile, budget)
 seconds = time.process_time() - t0
 peak = ckpt.predict_memory(profile, plan).peak_bytes
-print(json.dumps({"seconds": seconds, "peak": peak, "budget": budget, "forward_steps": plan.forward_steps}))
+print(json.dumps({"seconds": seconds, "peak": peak, "budget": budget, "forward_steps": plan.forward_steps,
+                  "engine": ckpt._native.engine(),
+                  "max_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
 READING = [
-    "How to read it.  `optimal` is exact over its class, in bytes (no memory unit).  It builds, per sub-chain "
-    "content (x_a's bytes and the stage costs: repeated stage types share work), the whole Pareto frontier of "
-    "(peak, time) up to the budget, every split point combined at once in numpy (a staircase merge of the two "
-    "sides' frontiers), and answers the budget from the chain's frontier.  Its work is the number of distinct "
-    "contents times the split points of each times the frontier entries: the homogeneous and transformer-like "
-    "chains have O(n) contents, the CNN-like one O(n²) across its group boundaries, and `distinct` (every width "
-    "different) O(n²) too.  Parameter gradients make the frontiers fine-grained (each stage's gradients shift "
-    "every sub-chain's peak), so frontiers hold ~100 entries at n = 200 even on the homogeneous chain.",
+    "How to read it.  `optimal` is exact over its class, in bytes (no memory unit).  Both engines build, per "
+    "sub-chain content (x_a's bytes and the stage costs: repeated stage types share work), the whole Pareto "
+    "frontier of (peak, time) up to the budget, and answer the budget from the chain's frontier; they build the "
+    "same frontiers bit for bit (tests/test_planner_engines.py).  The C kernel fills sub-problems bottom-up and "
+    "merges each split's two child frontiers with a two-pointer walk, skipping levels the frontier built so far "
+    "already dominates; the numpy engine merges every split at once with sorts.  The work is the number of "
+    "distinct contents times their split points times the frontier entries: the homogeneous and "
+    "transformer-like chains have O(n) contents; the CNN-like one O(n²) across its group boundaries and "
+    "`distinct` (every width different) O(n²) too, with frontiers of hundreds (CNN-like) to thousands "
+    "(distinct) of entries: parameter gradients and unequal activations make every byte sum distinct, and an "
+    "exact planner must keep each.",
 ]
 
 
-def one(kind: str, n: int, which: str, limit: float) -> dict:
+def one(kind: str, n: int, which: str, limit: float, engine: str) -> dict:
     """Plan once in a fresh single-threaded process; CPU seconds of ``optimal`` alone."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    row = {"chain": kind, "n": n, "budget_at": which}
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               CKPT_PLANNER_ENGINE=engine)
+    row = {"engine": engine, "chain": kind, "n": n, "budget_at": which}
     cpu_limit = lambda: resource.setrlimit(resource.RLIMIT_CPU, (math.ceil(limit), math.ceil(limit) + 1))
     try:                                  # the limit is CPU seconds (a shared machine stretches wall time)
         done = subprocess.run([sys.executable, "-c", CHILD, kind, str(n), which], capture_output=True,
@@ -83,37 +94,51 @@ def one(kind: str, n: int, which: str, limit: float) -> dict:
     return {**row, "status": "ok", **json.loads(done.stdout)}
 
 
+def kernel_build_seconds() -> float:
+    """Wall seconds to compile the planner's C kernel once (into a throw-away cache)."""
+    import tempfile
+    from ckpt import _native
+    with tempfile.TemporaryDirectory() as cache:
+        t0 = time.perf_counter()
+        _native._build(Path(cache) / "frontier.so")
+        return time.perf_counter() - t0
+
+
 def main() -> int:
     """Run the grid and write <out>/results.json and <out>/README.md."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[10, 20, 30, 50, 100, 200])
     parser.add_argument("--limit", type=float, default=30, help="CPU seconds per run before it counts as a timeout")
+    parser.add_argument("--engines", nargs="+", default=["native", "numpy"], choices=["native", "numpy"])
     parser.add_argument("--out", default="reports/planner")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, load = [], os.getloadavg()
-    for kind in ("homogeneous", "cnn_like", "transformer_like", "distinct"):
-        for which in ("sqrt_n", "between"):
-            for n in args.n:
-                rows.append(one(kind, n, which, args.limit))
-                print(rows[-1], flush=True)
-                if rows[-1]["status"] != "ok":
-                    break                               # larger n only takes longer
+    rows, load, build = [], os.getloadavg(), kernel_build_seconds()
+    for engine in args.engines:
+        for kind in ("homogeneous", "cnn_like", "transformer_like", "distinct"):
+            for which in ("sqrt_n", "between"):
+                for n in args.n:
+                    rows.append(one(kind, n, which, args.limit, engine))
+                    print(rows[-1], flush=True)
+                    if rows[-1]["status"] != "ok":
+                        break                               # larger n only takes longer
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     lines = ["# Planner benchmark: `ckpt.optimal` planning time", "",
              f"Command: `PYTHONPATH=. python scripts/bench_planner.py --n {' '.join(map(str, args.n))} "
-             f"--limit {args.limit:g} --out {args.out}`", "",
+             f"--limit {args.limit:g} --engines {' '.join(args.engines)} --out {args.out}`", "",
              f"Machine: {platform.processor() or platform.machine()}, load average at start "
              f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (shared 2-core machine). "
              "Measured: CPU seconds (`time.process_time`) of one `optimal` call in a fresh single-threaded "
-             "process; budget = sqrt_n's predicted peak, or halfway between recompute's and sqrt_n's.", "",
-             "| chain | budget | n | status | CPU s | forward steps | peak ≤ budget |", "|---|---|---|---|---|---|---|"]
+             "process; budget = sqrt_n's predicted peak, or halfway between recompute's and sqrt_n's. "
+             "Max RSS: the planning process's peak resident memory (`getrusage`), Python and numpy included. "
+             f"The C kernel's build, once per source version (then cached): {build:.2f} s wall.", "",
+             "| engine | chain | budget | n | status | CPU s | forward steps | peak ≤ budget | max RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ok = r["status"] == "ok"
-        lines.append(f"| {r['chain']} | {r['budget_at']} | {r['n']} | {r['status']} | "
-                     f"{r['seconds']:.3f} | {r['forward_steps']} | {r['peak'] <= r['budget']} |" if ok else
-                     f"| {r['chain']} | {r['budget_at']} | {r['n']} | {r['status']} | | | |")
+        head = f"| {r['engine']} | {r['chain']} | {r['budget_at']} | {r['n']} | {r['status']} |"
+        lines.append(f"{head} {r['seconds']:.3f} | {r['forward_steps']} | {r['peak'] <= r['budget']} | "
+                     f"{r['max_rss_MiB']:.0f} |" if r["status"] == "ok" else f"{head} | | | |")
     lines += ["", *READING]
     (out / "README.md").write_text("\n".join(lines) + "\n")
     return 0

@@ -10,6 +10,7 @@ import ckpt
 from ckpt import Backward, Forward, ForwardTape, Free, Load, Loss, Profile, Save, Schedule, StageCost
 from ckpt.planners import _NEVER, _Front, _combine, pareto, revolve_count
 from profiling.meters import TracemallocMeter
+from tests.planner_engines import engine  # noqa: F401  (fixture: each exactness test runs on both engines)
 
 
 def random_profile(n, rng) -> Profile:
@@ -51,7 +52,7 @@ def brute_force(profile):
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_no_schedule_of_the_class_beats_optimal_on_any_budget(seed):
+def test_no_schedule_of_the_class_beats_optimal_on_any_budget(seed, engine):
     rng = random.Random(seed)
     profile = random_profile(rng.choice([3, 4, 5]), rng)
     plans = brute_force(profile)
@@ -69,7 +70,7 @@ def test_no_schedule_of_the_class_beats_optimal_on_any_budget(seed):
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_repeated_stage_types_share_sub_problems_and_stay_exact(seed):
+def test_repeated_stage_types_share_sub_problems_and_stay_exact(seed, engine):
     """Stages drawn from two types: equal sub-chains at different depths (different gradients held
     after them) share one memo entry; every budget of the ladder still matches exhaustive search."""
     rng = random.Random(500 + seed)
@@ -89,7 +90,7 @@ def test_repeated_stage_types_share_sub_problems_and_stay_exact(seed):
         assert profile.schedule_time(plan) == min(t for p, t in plans if p <= budget)
 
 
-def test_six_stages_brute_force():
+def test_six_stages_brute_force(engine):
     rng = random.Random(99)
     profile = random_profile(6, rng)
     plans = brute_force(profile)
@@ -98,7 +99,7 @@ def test_six_stages_brute_force():
 
 
 @pytest.mark.parametrize("seed", range(30))
-def test_planner_peaks_and_times_are_the_executors(seed):
+def test_planner_peaks_and_times_are_the_executors(seed, engine):
     rng = random.Random(1000 + seed)
     profile = random_profile(rng.randint(1, 9), rng)
     for peak, time, schedule in pareto(profile):
@@ -122,7 +123,7 @@ def homogeneous(n, tape_own):
 
 
 @pytest.mark.parametrize("n,slots", [(10, 2), (10, 3), (12, 4), (20, 3), (16, 2), (9, 8)])
-def test_reproduces_revolve_when_tapes_are_too_large_to_store(n, slots):
+def test_reproduces_revolve_when_tapes_are_too_large_to_store(n, slots, engine):
     profile = homogeneous(n, tape_own=10_000)          # two tapes never fit where revolve's budget fits
     budget = ckpt.predict_memory(profile, ckpt.revolve(n, slots)).peak_bytes
     plan = ckpt.optimal(profile, budget)
@@ -237,7 +238,7 @@ def test_plans_run_on_torch_with_gradients_bitwise_equal_store_all():
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_budgeted_solve_matches_the_whole_frontier_on_longer_chains(seed):
+def test_budgeted_solve_matches_the_whole_frontier_on_longer_chains(seed, engine):
     """Beyond brute force: the capped solve (which drops entries and splits by dominance) answers every
     budget of the uncapped frontier's ladder with the frontier's time, within the budget."""
     rng = random.Random(2000 + seed)
@@ -287,7 +288,7 @@ def test_combining_splits_is_the_envelope_of_every_pair(unit):
         assert time[k] == forward_time[s] + r.time[right[k]] + l.time[left[k]]
 
 
-def test_bytes_near_the_int64_range_stay_exact():
+def test_bytes_near_the_int64_range_stay_exact(engine):
     """Peaks near 2**62 bytes (no float rounding, no int64 overflow, merges in halves): every plan matches
     the same profile in small units."""
     rng, unit = random.Random(0), 2**59

@@ -1,0 +1,19 @@
+"""The ``engine`` fixture: run a planner test on the C kernel and on the numpy engine.
+
+The native run skips only where no C compiler is on PATH; with one, a kernel that
+fails to build fails the test (CKPT_PLANNER_ENGINE=native raises).
+"""
+
+import os
+import shutil
+
+import pytest
+
+
+@pytest.fixture(params=["native", "numpy"])
+def engine(request, monkeypatch):
+    """Select the planner engine for one test (``CKPT_PLANNER_ENGINE``)."""
+    if request.param == "native" and shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler on PATH: the planner uses its numpy engine here")
+    monkeypatch.setenv("CKPT_PLANNER_ENGINE", request.param)
+    return request.param
