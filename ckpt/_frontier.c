@@ -3,7 +3,7 @@
  * Same recursion, same arithmetic, same frontiers as the numpy engine in planners.py: per
  * sub-problem key (content id, pinned, pending) the Pareto frontier of (peak bytes, time), peaks
  * rising and times strictly falling, entries above the content's cap dropped.  Sub-problems are
- * filled bottom-up by length b - a, so every child is ready before its parent; each checkpoint
+ * filled bottom-up, b rising and a falling, so every child is ready before its parent; each checkpoint
  * split's two child frontiers are combined by a two-pointer walk over their peak levels and merged
  * into the parent's staircase.  A split's levels at or above the least peak where the staircase
  * already reaches the split's fastest time are skipped: they are dominated.
@@ -133,6 +133,15 @@ static int64_t last_at_or_below(const int64_t *peaks, int64_t n, int64_t level) 
     return lo - 1;
 }
 
+/* Last index in [from, n) whose peak is <= level, galloping from ``from`` (whose peak is <= level). */
+static int64_t last_from(const int64_t *peaks, int64_t n, int64_t from, int64_t level) {
+    int64_t step = 1;
+    while (from + step < n && peaks[from + step] <= level)
+        from += step, step *= 2;
+    int64_t hi = from + step < n ? from + step : n;           /* peaks[hi] > level, or hi = n */
+    return from + last_at_or_below(peaks + from, hi - from, level);
+}
+
 /* First index in [lo, acc->len) whose peak is >= peak. */
 static int64_t first_at_or_above(const Vec *acc, int64_t lo, int64_t peak) {
     int64_t hi = acc->len;
@@ -206,8 +215,9 @@ static int split_candidates(Ctx *C, int a, int b, int c, int pinned, int pending
         return -1;
     const Entry *acc = C->acc.e;
     const int64_t acc_len = C->acc.len;
-    int64_t i = 0, j = 0, r_level = Rp[0] + cur, l_level = Lp[0] + g;
-    int64_t peak = max64(max64(r_level, l_level), fp);
+    /* (i, j): each side's last entry at or under the level, i.e. the fastest pair there */
+    int64_t peak = max64(max64(Rp[0] + cur, Lp[0] + g), fp);
+    int64_t i = last_from(Rp, nr, 0, peak - cur), j = last_from(Lp, nl, 0, peak - g);
     int64_t below = first_at_or_above(&C->acc, 0, peak + 1) - 1;  /* acc's last entry at or under the level */
     int64_t next_acc = below + 1 < acc_len ? acc[below + 1].peak : INT64_MAX;
     double acc_time = below >= 0 ? acc[below].time : INFINITY;
@@ -217,18 +227,35 @@ static int split_candidates(Ctx *C, int a, int b, int c, int pinned, int pending
             acc_time = acc[below].time;
             next_acc = below + 1 < acc_len ? acc[below + 1].peak : INT64_MAX;
         }
+        const int64_t next_r = i + 1 < nr ? Rp[i + 1] + cur : INT64_MAX;
+        const int64_t next_l = j + 1 < nl ? Lp[j + 1] + g : INT64_MAX;
+        /* Levels only rise and acc's time only falls with them, so when right entry i with left's fastest
+         * is no faster than acc here, every later pair with this i is dominated: move to right's next
+         * level (left follows it at a gallop); likewise for left entry j with right's fastest. */
+        if ((fT + Rt[i]) + Lt[l_top] >= acc_time) {
+            if (next_r == INT64_MAX)
+                break;
+            i++, peak = next_r;
+            j = last_from(Lp, nl, j, peak - g);
+            continue;
+        }
+        if ((fT + Rt[r_top]) + Lt[j] >= acc_time) {
+            if (next_l == INT64_MAX)
+                break;
+            j++, peak = next_l;
+            i = last_from(Rp, nr, i, peak - cur);
+            continue;
+        }
         const double time = (fT + Rt[i]) + Lt[j];
         if (time < acc_time)                                       /* else acc dominates it */
             push(&C->cand, peak, time, c - a, (int32_t)i, (int32_t)j);
-        const int64_t next_r = i + 1 < nr ? Rp[i + 1] + cur : INT64_MAX;
-        const int64_t next_l = j + 1 < nl ? Lp[j + 1] + g : INT64_MAX;
         if (next_r == INT64_MAX && next_l == INT64_MAX)
             break;
         if (next_r <= next_l)
-            i++, r_level = next_r;
+            i++;
         if (next_l <= next_r)
-            j++, l_level = next_l;
-        peak = max64(max64(r_level, l_level), fp);
+            j++;
+        peak = next_r < next_l ? next_r : next_l;
     }
     return 0;
 }
@@ -319,9 +346,8 @@ Ctx *ckpt_frontier_solve(int n, const int64_t *X, const int64_t *f, const int64_
     C->tape_time = tape_time, C->Fsum = Fsum, C->G = G, C->untaped = untaped, C->L = L;
     C->loss_transient = loss_transient, C->loss_time = loss_time, C->content = content, C->cap = cap;
     C->first_only = first_only, C->start = start, C->size = size;
-    for (int length = 0; length <= n; length++) {
-        for (int a = 0; a + length <= n; a++) {
-            const int b = a + length;
+    for (int b = 0; b <= n; b++) {                /* (a, b) needs (c, b) for c > a and (a, c) for c < b: */
+        for (int a = b; a >= 0; a--) {           /* the right children are the ones just built, in cache */
             for (int pending = 0; pending <= (b == n); pending++) {      /* (a, n) before (a, n, pending) */
                 int err = build(C, a, b, 0, pending);
                 if (!err && a > 0 && kout[a])
