@@ -53,7 +53,11 @@ def _build(target: Path) -> None:
     os.close(fd)
     compiler = os.environ.get("CC", "cc")
     try:
-        done = subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE)], capture_output=True, text=True)
+        try:
+            done = subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE)], capture_output=True, text=True,
+                                  timeout=120)
+        except subprocess.TimeoutExpired as error:
+            raise OSError(f"{compiler} ran past {error.timeout:g} s") from error
         if done.returncode:
             raise OSError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
         os.replace(partial, target)
