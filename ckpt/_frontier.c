@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CKPT_FRONTIER_ABI 4
+#define CKPT_FRONTIER_ABI 5
 
 typedef struct {
     int64_t peak;
@@ -331,7 +331,7 @@ void ckpt_frontier_free(Ctx *C) {
     free(C);
 }
 
-/* Every sub-problem's frontier, shortest first.  Returns a handle (read with ckpt_frontier_columns,
+/* Every sub-problem's frontier, shortest first.  Returns a handle (read with ckpt_frontier_read,
  * released with ckpt_frontier_free), or NULL with *error set: -1 out of memory, -2 ordering bug. */
 Ctx *ckpt_frontier_solve(int n, const int64_t *X, const int64_t *f, const int64_t *r, const uint8_t *kin,
                          const uint8_t *kout, const int64_t *own, const double *tape_time, const double *Fsum,
@@ -364,9 +364,9 @@ Ctx *ckpt_frontier_solve(int n, const int64_t *X, const int64_t *f, const int64_
     return C;
 }
 
-int64_t ckpt_frontier_pool_len(const Ctx *C) { return C->pool_len; }
-
-/* The pool's columns, valid until ckpt_frontier_free: peaks, times, and (split, right, left) triples. */
-void ckpt_frontier_columns(const Ctx *C, int64_t **peaks, double **times, int32_t **choice) {
-    *peaks = C->peaks, *times = C->times, *choice = (int32_t *)C->choice;
+/* Copy ``count`` pool entries from ``start``: peaks, times and (split, right, left) triples. */
+void ckpt_frontier_read(const Ctx *C, int64_t start, int64_t count, int64_t *peaks, double *times, int32_t *choice) {
+    memcpy(peaks, C->peaks + start, (size_t)count * sizeof(int64_t));
+    memcpy(times, C->times + start, (size_t)count * sizeof(double));
+    memcpy(choice, C->choice + start, (size_t)count * sizeof(*C->choice));
 }

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 SOURCE = Path(__file__).with_name("_frontier.c")
-ABI = 4                                        # CKPT_FRONTIER_ABI in the source
+ABI = 5                                        # CKPT_FRONTIER_ABI in the source
 FLAGS = ["-O2", "-shared", "-fPIC", "-std=c99"]
 ENGINES = ("auto", "native", "numpy")
 
@@ -72,11 +72,8 @@ def _declare(lib) -> None:
     lib.ckpt_frontier_solve.argtypes = [ctypes.c_int, _i64, _i64, _i64, _u8, _u8, _i64, _f64, _f64, _i64, _i64,
                                         ctypes.c_int64, ctypes.c_int64, ctypes.c_double, _i32, _i64, ctypes.c_int,
                                         _i64, _i64, ctypes.POINTER(ctypes.c_int)]
-    lib.ckpt_frontier_pool_len.restype = ctypes.c_int64
-    lib.ckpt_frontier_pool_len.argtypes = [ctypes.c_void_p]
-    lib.ckpt_frontier_columns.restype = None
-    lib.ckpt_frontier_columns.argtypes = [ctypes.c_void_p, *(ctypes.POINTER(ctypes.POINTER(t)) for t in
-                                                           (ctypes.c_int64, ctypes.c_double, ctypes.c_int32))]
+    lib.ckpt_frontier_read.restype = None
+    lib.ckpt_frontier_read.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, _i64, _f64, _i32]
     lib.ckpt_frontier_free.restype = None
     lib.ckpt_frontier_free.argtypes = [ctypes.c_void_p]
 
@@ -108,18 +105,6 @@ def frontier_lib():
     if lib is None and choice == "native":
         raise RuntimeError(f"ckpt: CKPT_PLANNER_ENGINE=native but {why}")
     return lib
-
-
-def pool_columns(lib, handle) -> tuple:
-    """(peaks, times, split, right, left): a solved kernel's pool copied into numpy (the handle may then be freed)."""
-    m = lib.ckpt_frontier_pool_len(handle)
-    pointers = (ctypes.POINTER(ctypes.c_int64)(), ctypes.POINTER(ctypes.c_double)(), ctypes.POINTER(ctypes.c_int32)())
-    lib.ckpt_frontier_columns(handle, *(ctypes.byref(p) for p in pointers))
-    if not m:
-        return (np.zeros(0, np.int64), np.zeros(0, np.float64), *(np.zeros(0, np.int32) for _ in range(3)))
-    peaks, times = (np.ctypeslib.as_array(p, shape=(m,)).copy() for p in pointers[:2])
-    choice = np.ctypeslib.as_array(pointers[2], shape=(m, 3)).T.copy()
-    return peaks, times, choice[0], choice[1], choice[2]
 
 
 def engine() -> str:

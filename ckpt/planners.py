@@ -37,12 +37,13 @@ import ctypes
 import math
 import re
 import sys
+import weakref
 from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
 
-from ._native import frontier_lib, pool_columns
+from ._native import frontier_lib
 from .profile import Profile
 from .schedule import Backward, Forward, ForwardTape, Free, Load, Loss, Save, Schedule
 from .strategies import _check_depth, _segmented, register_strategy
@@ -358,21 +359,22 @@ class _Planner:
         if not handle:
             raise (MemoryError if error.value == -1 else RuntimeError)(
                 f"planners: the C planner kernel failed (code {error.value})")
-        try:
-            self.pool = (start, size, pool_columns(lib, handle))
-        finally:
-            lib.ckpt_frontier_free(handle)
+        weakref.finalize(self, lib.ckpt_frontier_free, handle)    # frontiers stay in C memory, read per key
+        self.pool = (lib, handle, start, size)
         return self.front_of(0, n, True, True)
 
     def front_of(self, a, b, pinned, pending) -> _Front:
-        """The built frontier of sub-problem (a, b) (from the memo, or from the C kernel's pool)."""
+        """The built frontier of sub-problem (a, b) (from the memo, or copied out of the C kernel's pool)."""
         pinned = pinned or a == 0
         cid = self.content[a][b]
         if self.pool is None:
             return self.memo[(cid, pinned, pending)]
-        start, size, columns = self.pool
+        lib, handle, start, size = self.pool
         k = 4 * cid + 2 * pinned + pending
-        return _Front(*(column[start[k]:start[k] + size[k]] for column in columns))
+        m = int(size[k])
+        peak, time, choice = np.empty(m, np.int64), np.empty(m, np.float64), np.empty((m, 3), np.int32)
+        lib.ckpt_frontier_read(handle, int(start[k]), m, peak, time, choice)
+        return _Front(peak, time, *choice.T)
 
     def _pareto(self, cap, peak, time, split, right, left) -> _Front:
         chosen = _staircase(peak, time)
