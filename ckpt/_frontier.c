@@ -5,8 +5,10 @@
  * rising and times strictly falling, entries above the content's cap dropped.  Sub-problems are
  * filled bottom-up, b rising and a falling, so every child is ready before its parent; each checkpoint
  * split's two child frontiers are combined by a two-pointer walk over their peak levels and merged
- * into the parent's staircase.  A split's levels at or above the least peak where the staircase
- * already reaches the split's fastest time are skipped: they are dominated.
+ * into the parent's staircase.  Only pairs the staircase built so far does not dominate are kept:
+ * the walk stops at the least peak where the staircase reaches the split's fastest time within the
+ * cap, and moves on at once from a side's entry that, even with the other side's fastest entry, is no
+ * faster than the staircase at the current level (the other side follows at a gallop).
  *
  * Times are added in the numpy engine's order ((forward + right) + left; child + tape time), so the
  * two engines' frontiers are equal bit for bit; on exact ties the earlier option (tape, then
