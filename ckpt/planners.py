@@ -502,8 +502,9 @@ def pareto(profile: Profile) -> list[tuple[int, float, Schedule]]:
     """Every (predicted peak bytes, predicted time, schedule) on the memory-vs-time frontier, peaks rising.
 
     Exact, and one solve answers every budget; but on heterogeneous chains the
-    frontiers of sub-problems grow with the number of distinct byte sums, so keep
-    it to n ≲ 30 (``optimal`` drops every entry above its budget and goes further).
+    frontiers of sub-problems grow with the number of distinct byte sums (all of
+    them kept: no budget caps them), so keep it to a few dozen distinct stages
+    (``optimal`` drops every entry above its budget and goes further).
     """
     check_profile(profile, "pareto")
     planner = _Planner(profile)
