@@ -63,7 +63,7 @@ def test_a_stage_that_modifies_the_callers_input_in_place_leaves_it_as_it_was():
     before = x.clone()
     stages = [lambda h: h.mul_(2), nn.Linear(6, 6)]
     profile = ckpt.Profile.from_torch(stages, x, repeats=2)
-    checked = chain_profile([ckpt.torch.wrappers._Stage(stages[0]), stages[1]], x)
+    checked = chain_profile(stages, x)
     assert torch.equal(x, before)
     assert byte_fields(profile) == byte_fields(checked)
     assert profile.stage(1).tape_bytes == 0 and profile.stage(1).grad_bytes == 0       # x needs no gradient
@@ -124,3 +124,11 @@ def test_repeated_blocks_are_measured_as_blocks_after_the_first_are_called():
     chained = chain_profile(blocks, x)
     assert chained.stage(1).tape_bytes < chained.stage(2).tape_bytes
     assert repeated.stages == (chained.stage(2),) * 4
+
+
+def test_a_parameter_shared_by_stages_has_its_gradient_counted_once_at_the_last():
+    # backward reaches stage 3 first: it allocates lin.weight.grad and lin.bias.grad; stage 1 adds to them
+    lin = nn.Linear(6, 6)
+    stages, x = [lin, nn.Tanh(), lin], torch.randn(3, 6)
+    for profile in (ckpt.Profile.from_torch(stages, x, repeats=1), chain_profile(stages, x)):
+        assert [s.grad_bytes for s in profile.stages] == [0, 0, (6 * 6 + 6) * 4]

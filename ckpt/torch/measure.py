@@ -13,7 +13,8 @@
   output's.  A stage that modifies its input in place saves one storage that is both; it counts as
   the output (the input no longer exists apart from it), so a tape's own bytes are never negative;
 * ``output_bytes``: the output's storages, each once (two views of one buffer are one buffer);
-* ``grad_bytes``: the gradients of its parameters that require grad.
+* ``grad_bytes``: the ``.grad`` its backward allocates: of its parameters that require grad (in a
+  chain, one that several stages share counts at the last of them: backward reaches it first).
 
 Times and transients are 0 here: ``torch_profile`` (``Profile.from_torch``) adds measured times
 and, on CUDA, transients; the memory check (``ckpt.torch.memcheck``) uses the bytes as they are.
@@ -65,9 +66,15 @@ def step_inputs(args: tuple, kwargs: dict, resident: set):
     return tree_unflatten([as_in_step(t) for t in leaves], spec)
 
 
-def stage_bytes(fn, module, args: tuple, kwargs: dict, resident: set) -> tuple[StageCost, object]:
-    """``fn(*args, **kwargs)`` run once with grad as in a training step: its bytes (a ``StageCost``, times 0)
-    and its output, detached (its tensors requiring grad where the stage's outputs do)."""
+def trainable(module) -> list:
+    """A stage's parameters that require grad (none for a plain callable)."""
+    return [p for p in getattr(module, "parameters", list)() if p.requires_grad]
+
+
+def stage_bytes(fn, params: list, args: tuple, kwargs: dict, resident: set) -> tuple[StageCost, object]:
+    """``fn(*args, **kwargs)`` run once with grad as in a training step: its bytes (a ``StageCost``, times 0;
+    ``params``: those whose gradients its backward adds) and its output, detached (its tensors
+    requiring grad where the stage's outputs do)."""
     args, kwargs = step_inputs(args, kwargs, resident)
     recorder = SavedRecorder(resident)
     with torch.enable_grad(), recorder.hooks():
@@ -75,7 +82,6 @@ def stage_bytes(fn, module, args: tuple, kwargs: dict, resident: set) -> tuple[S
     saved = set(recorder.held)
     out_keys = {storage_key(t) for t in tensors_of(out)}
     in_keys = {storage_key(t) for t in tensors_of((args, kwargs))} - out_keys     # modified in place: output
-    params = [p for p in getattr(module, "parameters", list)() if p.requires_grad]
     cost = StageCost(0.0, 0.0, output_bytes=nbytes_of(out), tape_bytes=recorder.bytes,
                      tape_keeps_input=bool(in_keys & saved), tape_keeps_output=bool(out_keys & saved),
                      grad_bytes=sum(p.numel() * p.element_size() for p in params))
@@ -89,10 +95,21 @@ def chain_bytes(stages: list, x, call=lambda stage: stage):
 
     ``call(stage)`` is what runs it: the stage itself, or ``stage.forward`` so its hooks do not fire."""
     resident, value = resident_keys(stages), x
-    for stage in stages:
-        cost, out = stage_bytes(call(stage), stage, (value,), {}, resident)
+    for stage, params in zip(stages, _gradients_added(stages)):
+        cost, out = stage_bytes(call(stage), params, (value,), {}, resident)
         yield stage, cost, value
         value = out
+
+
+def _gradients_added(stages: list) -> list:
+    """Per stage, the trainable parameters whose ``.grad`` its backward allocates: a parameter several
+    stages share is the last one's (backward reaches it first; the others add to that ``.grad``)."""
+    later, added = set(), []
+    for stage in reversed(stages):
+        mine = [p for p in trainable(stage) if id(p) not in later]
+        later.update(id(p) for p in mine)
+        added.append(mine)
+    return added[::-1]
 
 
 class LeftAsItWas:

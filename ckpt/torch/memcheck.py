@@ -25,7 +25,8 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from ..memcheck import InsufficientMemoryError, _alternatives, check_fits
 from ..profile import Profile
 from .backend import _refuse_cache
-from .measure import LeftAsItWas, chain_bytes, devices_of, nbytes_of, resident_keys, stage_bytes, tensors_of
+from .measure import (LeftAsItWas, chain_bytes, devices_of, nbytes_of, resident_keys, stage_bytes, tensors_of,
+                      trainable)
 
 
 def signature(args: tuple, kwargs: dict) -> tuple:
@@ -61,10 +62,10 @@ def repeated_block_profile(blocks: list, forward, args: tuple, kwargs: dict) -> 
     if not _alike(blocks):
         return None
     _refuse_cache(1, kwargs)                           # profiling it would append to the cache
-    if any(p.requires_grad for p in blocks[0].parameters()):
+    if args and any(p.requires_grad for p in blocks[0].parameters()):
         args = (_requiring_grad(args[0]), *args[1:])
     with LeftAsItWas(blocks, devices_of(tensors_of((args, kwargs)))):
-        cost, _ = stage_bytes(forward, blocks[0], args, kwargs, resident_keys(blocks))
+        cost, _ = stage_bytes(forward, trainable(blocks[0]), args, kwargs, resident_keys(blocks))
     return Profile((cost,) * len(blocks), nbytes_of(args[:1]), source="block 1 repeated, bytes only (memory check)")
 
 
