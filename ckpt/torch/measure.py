@@ -6,7 +6,7 @@
 * its tensor arguments are its own copies (a stage that modifies its input in place changes no
   one else's tensor), requiring grad — and not leaves — exactly where gradients flow into them in
   the step: the caller's tensors as given, in a chain the previous stage's outputs that require grad
-  (a stage after a frozen prefix keeps nothing for its input's gradient, so nothing is counted);
+  (a Tanh on the caller's input, or after a frozen layer, keeps nothing: no gradient flows into it);
 * ``tape_bytes``: every storage autograd saves, each once; ``resident`` storages (parameters,
   buffers) are not counted;
 * ``tape_keeps_input`` / ``tape_keeps_output``: a saved storage is one of the arguments' / the

@@ -62,10 +62,11 @@ def repeated_block_profile(blocks: list, forward, args: tuple, kwargs: dict) -> 
     if not _alike(blocks):
         return None
     _refuse_cache(1, kwargs)                           # profiling it would append to the cache
-    if args and any(p.requires_grad for p in blocks[0].parameters()):
+    params = trainable(blocks[0])
+    if args and params:
         args = (_requiring_grad(args[0]), *args[1:])
     with LeftAsItWas(blocks, devices_of(tensors_of((args, kwargs)))):
-        cost, _ = stage_bytes(forward, trainable(blocks[0]), args, kwargs, resident_keys(blocks))
+        cost, _ = stage_bytes(forward, params, args, kwargs, resident_keys(blocks))
     return Profile((cost,) * len(blocks), nbytes_of(args[:1]), source="block 1 repeated, bytes only (memory check)")
 
 
