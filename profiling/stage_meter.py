@@ -61,14 +61,16 @@ def _metered(stage, value) -> StageHeld:
     return StageHeld(held, held + dropped.figures["torch_cpu_held"])
 
 
-def forward_held(model, x) -> int:
-    """Bytes a plain training forward of ``model`` leaves held: its tapes and its output (measured)."""
+def forward_held(stages, x) -> int:
+    """Bytes a plain training forward of ``stages`` (in order) leaves held: their tapes and output (measured)."""
     import torch
     gc.collect()
     gc.disable()
     try:
         with torch.enable_grad(), TorchCPUMeter() as meter:
-            out = model(x)
+            out = x
+            for stage in stages:
+                out = stage(out)
         del out
     finally:
         gc.enable()

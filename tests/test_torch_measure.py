@@ -70,21 +70,11 @@ def test_a_stage_that_modifies_the_callers_input_in_place_leaves_it_as_it_was():
     assert profile.stage(1).tape_bytes == 0 and profile.stage(1).grad_bytes == 0       # x needs no gradient
 
 
-class Halves(nn.Module):
-    """Two views of one new buffer: one storage, counted once."""
-
-    def forward(self, h):
-        return torch.tanh(h).chunk(2, dim=1)
-
-
-class Product(nn.Module):
-    def forward(self, halves):
-        return halves[0] * halves[1]
-
-
-def frozen_prefix_then_tanh():
+def frozen_layer_then_views():
+    """A Tanh after a frozen layer, then a stage returning two views of one new buffer."""
     frozen = nn.Linear(32, 32).requires_grad_(False)
-    return nn.Sequential(frozen, nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), Halves(), Product(), nn.Linear(16, 8))
+    return [frozen, nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), lambda h: torch.tanh(h).chunk(2, dim=1),
+            lambda halves: halves[0] * halves[1], nn.Linear(16, 8)]
 
 
 def test_bytes_are_what_the_torch_cpu_allocator_holds():
@@ -92,9 +82,9 @@ def test_bytes_are_what_the_torch_cpu_allocator_holds():
     the profile counts.  A Tanh after a frozen layer keeps nothing (its input needs no gradient) and
     two views of one buffer are one buffer."""
     torch.manual_seed(0)
-    model, x = frozen_prefix_then_tanh(), torch.randn(64, 32)
-    profile = ckpt.Profile.from_torch(model, x, repeats=1)
-    assert stage_allocations(model, x) == counted(profile)
+    stages, x = frozen_layer_then_views(), torch.randn(64, 32)
+    profile = ckpt.Profile.from_torch(stages, x, repeats=1)
+    assert stage_allocations(stages, x) == counted(profile)
     assert profile.stage(2).tape_bytes == 0 and profile.stage(4).tape_bytes == 64 * 32 * 4
     assert profile.stage(5).output_bytes == 64 * 32 * 4
 
@@ -119,9 +109,9 @@ def test_a_parameter_shared_by_stages_has_its_gradient_counted_once_at_the_last(
         assert [s.grad_bytes for s in profile.stages] == [0, 0, (6 * 6 + 6) * 4]
 
 
-@pytest.mark.parametrize("build", [mlp_inplace, frozen_prefix_then_tanh])
+@pytest.mark.parametrize("build", [mlp_inplace, frozen_layer_then_views])
 def test_what_a_plain_forward_leaves_held_is_what_the_memory_model_counts(build):
     # whole chains: an in-place stage's figures are only comparable there (x_{i-1} and x_i are one storage)
     torch.manual_seed(0)
-    model, x = build() if build is mlp_inplace else (build(), torch.randn(64, 32))
-    assert forward_held(model, x) == counted_forward(chain_profile(list(model), x))
+    stages, x = build() if build is mlp_inplace else (build(), torch.randn(64, 32))
+    assert forward_held(stages, x) == counted_forward(chain_profile(list(stages), x))
