@@ -71,15 +71,19 @@ def profiles(model, x) -> dict:
     return out
 
 
-def mark(counted: int, measured: int) -> str:
-    return f"{counted:,}" + ("" if counted == measured else " ✗")
+def mark(count: int, measured: int) -> str:
+    """A counted figure, marked ✗ where the allocator contradicts it."""
+    return f"{count:,}" + ("" if count == measured else " ✗")
 
 
 def compare(name: str, model) -> None:
+    """Print the per-stage table: measured next to each profile's counts."""
     x = torch.randn(BATCH, WIDTH)
     rows = [(m.held, m.graph) for m in stage_allocations(model, x)]
-    by = {k: v if isinstance(v, str) else [(c.held, c.graph) for c in counted(v)] for k, v in profiles(model, x).items()}
-    print(f"\n## {name}\n\n| stage | figure | measured (TorchCPUMeter) | " + " | ".join(f"{k} (counted)" for k in by) + " |")
+    by = {k: v if isinstance(v, str) else [(c.held, c.graph) for c in counted(v)]
+          for k, v in profiles(model, x).items()}
+    print(f"\n## {name}\n\n| stage | figure | measured (TorchCPUMeter) | "
+          + " | ".join(f"{k} (counted)" for k in by) + " |")
     print("|---|---|---:|" + "---:|" * len(by))
     for i, (stage, measured) in enumerate(zip(model, rows)):
         for k, figure in enumerate(("held when it returns", "graph beyond its input")):
@@ -88,13 +92,16 @@ def compare(name: str, model) -> None:
 
 
 def compare_whole(models: dict) -> None:
+    """Print the whole-forward table: what a plain training forward leaves held, measured and counted."""
     print("\n## Whole forward: bytes a plain training forward leaves held (tapes and output)\n")
-    print("| model | measured (TorchCPUMeter) | memory check (counted) | from_torch (counted) |\n|---|---:|---:|---:|")
+    print("| model | measured (TorchCPUMeter) | memory check (counted) | from_torch (counted) |\n"
+          "|---|---:|---:|---:|")
     for name, build in models.items():
         torch.manual_seed(0)
         model, x = build(), torch.randn(BATCH, WIDTH)
         measured = forward_held(model, x)
-        cells = [v if isinstance(v, str) else mark(counted_forward(v), measured) for v in profiles(model, x).values()]
+        cells = [v if isinstance(v, str) else mark(counted_forward(v), measured)
+                 for v in profiles(model, x).values()]
         print(f"| {name} | {measured:,} | " + " | ".join(cells) + " |")
 
 
@@ -115,7 +122,8 @@ def main() -> None:
     for name, build in models.items():
         compare(name, build())
     compare_whole({**models, "in-place stages": in_place})    # per stage, x_{i-1} and x_i are one storage
-    print("\n## Profile.from_torch's own peak (TorchCPUMeter), in activations\n\n| depth | stages | peak |\n|---:|---:|---:|")
+    print("\n## Profile.from_torch's own peak (TorchCPUMeter), in activations\n\n"
+          "| depth | stages | peak |\n|---:|---:|---:|")
     for depth in (8, 16, 32):
         print(f"| {depth} | {2 * depth} | {profiling_peak(depth) / (BATCH * WIDTH * 4):.1f} |")
 
