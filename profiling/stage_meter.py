@@ -8,6 +8,8 @@ Each stage runs on its real input, grad history included, as a plain forward run
   and output (a profile predicts ``output_bytes + tape_own_bytes(i)``);
 * ``graph``: the bytes still held once its output is dropped and its graph kept — its tape beyond
   its input (a profile predicts ``tape_bytes - tape_keeps_input * activation_bytes(i - 1)``).
+  The output is freed in a second meter region; its free carries its size because the first region
+  saw it allocated (torch 2.13: a block allocated before any profiler ran frees as 0, with a warning).
 
 A stage that modifies its input in place has no figures of its own to compare: the chain model
 frees x_{i-1} as x_i appears, and torch holds one storage for both.  ``forward_held`` checks such
