@@ -177,8 +177,10 @@ class Profile:
 
     @classmethod
     def from_torch(cls, stages, sample_input, repeats: int = 5, warmup: int = 1) -> "Profile":
-        """Measured times (medians; CUDA-synchronised on a GPU) and saved-tensor bytes of torch stages."""
-        return _torch_profile(cls, stages, sample_input, repeats, warmup)
+        """Measured times (medians; CUDA-synchronised on a GPU) and bytes of torch stages
+        (``ckpt.torch.measure``: the bytes the torch wrappers' memory check counts too)."""
+        from .torch.measure import torch_profile
+        return torch_profile(stages, sample_input, repeats, warmup)
 
 
 def _dense_flops(stage, in_shape) -> float:
@@ -244,101 +246,3 @@ def _profile_of(model, batch) -> Profile:
     if isinstance(model, Chain):
         return Profile.from_chain(model, batch)
     return Profile.from_torch(model, batch)
-
-
-def _torch_profile(cls, stages, x, repeats: int, warmup: int) -> Profile:
-    """Profile torch stages: saved-tensor bytes (``ckpt.saved_bytes``' recorder) and median times.
-
-    Transients are measured on CUDA (peak allocated above the live bytes); on
-    CPU there is no allocator to ask, so they are 0 (say so: ``source``).
-    """
-    import torch
-    from .torch.inspect import _stages, saved_bytes
-    modules = [m for _, m in _stages(stages)]
-    tapes = saved_bytes(stages, x)
-    cuda = any(t.is_cuda for t in items(x) if isinstance(t, torch.Tensor))
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    out_bytes = lambda v: sum(t.untyped_storage().nbytes() for t in items(v) if isinstance(t, torch.Tensor))
-    costs, prev = [], x
-    for module, tape in zip(modules, tapes):
-        inp = _leaf(prev)
-        for _ in range(warmup):
-            _stage_step(module, inp)
-        fwd = median_time(lambda: module(inp), repeats, sync)
-        bwd = statistics.median(_stage_step(module, inp, sync)[1] for _ in range(repeats))
-        f_peak, b_peak = _cuda_transients(module, inp) if cuda else (0, 0)
-        keeps_input, keeps_output, out = _tape_shares(module, inp)
-        costs.append(StageCost(
-            forward_time=fwd, backward_time=bwd, output_bytes=out_bytes(out), tape_bytes=tape,
-            tape_keeps_input=keeps_input, tape_keeps_output=keeps_output,
-            forward_transient=f_peak, backward_transient=b_peak,
-            grad_bytes=sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad)))
-        prev = out.detach() if isinstance(out, torch.Tensor) else out
-    return cls(tuple(costs), out_bytes(x), time_unit="seconds",
-               source=f"torch stages on {'cuda' if cuda else 'cpu'}, measured (median of {repeats})"
-                      + ("" if cuda else "; transients not measured on CPU (0)"))
-
-
-def _leaf(v):
-    """``v`` detached, floating tensors requiring grad (as a stage's input during training)."""
-    import torch
-    from torch.utils._pytree import tree_map
-    return tree_map(lambda t: t.detach().requires_grad_(t.is_floating_point()) if isinstance(t, torch.Tensor)
-                    else t, v)
-
-
-def _tape_shares(module, inp) -> tuple[bool, bool, object]:
-    """Whether the stage's saved tensors include its input's / its output's storage; and its output."""
-    import torch
-    from torch.autograd.graph import saved_tensors_hooks
-    from .torch.hooks import storage_key
-    saved = set()
-
-    def pack(t):
-        saved.add(storage_key(t))
-        return t.detach()
-
-    with torch.enable_grad(), saved_tensors_hooks(pack, lambda t: t):
-        out = module(inp)
-    keys = lambda v: {storage_key(t) for t in items(v) if isinstance(t, torch.Tensor)}
-    return bool(keys(inp) & saved), bool(keys(out) & saved), out
-
-
-def _stage_step(module, inp, sync=lambda: None):
-    """One taped forward and backward of ``module`` (ones as the output gradient): (output, backward seconds)."""
-    import torch
-    with torch.enable_grad():
-        out = module(inp)
-    outs = [t for t in items(out) if isinstance(t, torch.Tensor) and t.requires_grad]
-    grads = [torch.ones_like(t) for t in outs]
-    sync()
-    t0 = time.perf_counter()
-    if outs:
-        torch.autograd.backward(outs, grads)
-    sync()
-    return out, time.perf_counter() - t0
-
-
-def _cuda_transients(module, inp) -> tuple[int, int]:
-    """Peak CUDA bytes a taped forward / a backward allocate above what was live before it."""
-    import torch
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    with torch.enable_grad():
-        out = module(inp)
-    f_peak = torch.cuda.max_memory_allocated() - base
-    outs = [t for t in items(out) if isinstance(t, torch.Tensor) and t.requires_grad]
-    grads = [torch.ones_like(t) for t in outs]
-    live = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    if outs:
-        torch.autograd.backward(outs, grads)
-    b_peak = torch.cuda.max_memory_allocated() - live
-    return f_peak, b_peak
-
-
-def items(v) -> list:
-    """The leaves of an activation (a tensor, or any pytree of them)."""
-    from torch.utils._pytree import tree_flatten
-    return tree_flatten(v)[0]

@@ -3,6 +3,8 @@
 * ``backend``  – the step that runs a schedule with saved-tensor hooks (how it works: its docstring);
 * ``wrappers`` – ``CheckpointedSequential``, ``checkpoint_sequential``, ``checkpoint_modules``;
 * ``hooks``    – the one saved-tensor recorder (bytes saved, each storage once);
+* ``measure``  – a stage's bytes, measured once for ``Profile.from_torch`` and the memory check;
+* ``memcheck`` – the wrappers' pre-run check: a step's predicted peak vs what the device may use;
 * ``inspect``  – ``saved_residuals``: what a plain forward saves, stage by stage.
 """
 

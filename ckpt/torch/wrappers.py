@@ -23,11 +23,12 @@ from functools import lru_cache
 from torch import nn
 
 from ..executor import Stats
-from ..profile import Profile, items
+from ..profile import Profile
 from ..schedule import Schedule
 from ..strategies import every_segment
 from .backend import ChainRunner, CheckpointError  # noqa: F401 (re-exported)
-from .memcheck import LeftAsItWas, MemoryGuard, devices_of, signature
+from .measure import LeftAsItWas, devices_of, tensors_of
+from .memcheck import MemoryGuard, signature
 
 
 class _Stage(nn.Module):
@@ -217,9 +218,7 @@ def _budget_plans(budget, profile, strategy, options, who: str) -> BudgetPlans |
 
 def profile_in_isolation(stages: list, x) -> Profile:
     """``Profile.from_torch`` leaving no trace: parameter gradients, buffers and the RNG as they were."""
-    import torch
-    devices = devices_of([t for t in items(x) if isinstance(t, torch.Tensor)])
-    with LeftAsItWas(stages, devices):
+    with LeftAsItWas(stages, devices_of(tensors_of(x))):
         return Profile.from_torch(list(stages), x, repeats=3)
 
 

@@ -1,0 +1,211 @@
+"""Torch stages measured: the one place a stage's bytes are counted, for ``Profile.from_torch`` and the memory check.
+
+``stage_bytes`` runs one stage once, as a training step runs it, under the saved-tensor recorder
+(``hooks.SavedRecorder``), and reads its ``StageCost`` byte fields:
+
+* its tensor arguments are its own copies (a stage that modifies its input in place changes no
+  one else's tensor), requiring grad — and not leaves — exactly where gradients flow into them in
+  the step: the caller's tensors as given, in a chain the previous stage's outputs that require grad
+  (a Tanh on the caller's input, or after a frozen layer, keeps nothing: no gradient flows into it);
+* ``tape_bytes``: every storage autograd saves, each once; ``resident`` storages (parameters,
+  buffers) are not counted;
+* ``tape_keeps_input`` / ``tape_keeps_output``: a saved storage is one of the arguments' / the
+  output's.  A stage that modifies its input in place saves one storage that is both; it counts as
+  the output (the input no longer exists apart from it), so a tape's own bytes are never negative;
+* ``output_bytes``: the output's storages, each once (two views of one buffer are one buffer);
+* ``grad_bytes``: the ``.grad`` its backward allocates: of its parameters that require grad (in a
+  chain, one that several stages share counts at the last of them: backward reaches it first).
+
+Times and transients are 0 here: ``torch_profile`` (``Profile.from_torch``) adds measured times
+and, on CUDA, transients; the memory check (``ckpt.torch.memcheck``) uses the bytes as they are.
+``LeftAsItWas`` leaves no trace of profiling: parameters' ``.grad``, buffers and the RNG.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import replace
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from ..profile import Profile, StageCost
+from .hooks import SavedRecorder, storage_key
+
+
+def tensors_of(value) -> list:
+    """The tensors among the leaves of ``value`` (a tensor or any pytree)."""
+    return [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
+
+
+def nbytes_of(value) -> int:
+    """Bytes of the storages behind ``value``'s tensors, each storage once."""
+    return sum(t.untyped_storage().nbytes() for t in {storage_key(t): t for t in tensors_of(value)}.values())
+
+
+def resident_keys(modules) -> set:
+    """Storage keys of the modules' parameters and buffers: resident, never counted as saved."""
+    return {storage_key(t) for m in modules if isinstance(m, torch.nn.Module)
+            for t in (*m.parameters(), *m.buffers())}
+
+
+def devices_of(tensors) -> list:
+    """The CUDA device indices among ``tensors`` (whose RNG ``LeftAsItWas`` restores)."""
+    return sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+
+
+def step_inputs(args: tuple, kwargs: dict, resident: set):
+    """(args, kwargs) as the stage gets them in a training step, each tensor a fresh copy (resident ones
+    as they are): requiring grad, and not a leaf, where the given tensor requires grad."""
+    def as_in_step(t):
+        if not isinstance(t, torch.Tensor) or storage_key(t) in resident:
+            return t
+        return t.detach().requires_grad_().clone() if t.requires_grad else t.clone()
+    leaves, spec = tree_flatten((args, kwargs))
+    return tree_unflatten([as_in_step(t) for t in leaves], spec)
+
+
+def trainable(module) -> list:
+    """A stage's parameters that require grad (none for a plain callable)."""
+    return [p for p in getattr(module, "parameters", list)() if p.requires_grad]
+
+
+def stage_bytes(fn, params: list, args: tuple, kwargs: dict, resident: set) -> tuple[StageCost, object]:
+    """``fn(*args, **kwargs)`` run once with grad as in a training step: its bytes (a ``StageCost``, times 0;
+    ``params``: those whose gradients its backward adds) and its output, detached (its tensors
+    requiring grad where the stage's outputs do)."""
+    args, kwargs = step_inputs(args, kwargs, resident)
+    recorder = SavedRecorder(resident)
+    with torch.enable_grad(), recorder.hooks():
+        out = fn(*args, **kwargs)
+    saved = set(recorder.held)
+    out_keys = {storage_key(t) for t in tensors_of(out)}
+    in_keys = {storage_key(t) for t in tensors_of((args, kwargs))} - out_keys     # modified in place: output
+    cost = StageCost(0.0, 0.0, output_bytes=nbytes_of(out), tape_bytes=recorder.bytes,
+                     tape_keeps_input=bool(in_keys & saved), tape_keeps_output=bool(out_keys & saved),
+                     grad_bytes=sum(p.numel() * p.element_size() for p in params))
+    leaves, spec = tree_flatten(out)
+    detached = [t.detach().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t for t in leaves]
+    return cost, tree_unflatten(detached, spec)
+
+
+def chain_bytes(stages: list, x, call=lambda stage: stage):
+    """For each stage in order, run on the previous one's output: (stage, its bytes, the value it took).
+
+    ``call(stage)`` is what runs it: the stage itself, or ``stage.forward`` so its hooks do not fire."""
+    resident, value = resident_keys(stages), x
+    for stage, params in zip(stages, _gradients_added(stages)):
+        cost, out = stage_bytes(call(stage), params, (value,), {}, resident)
+        yield stage, cost, value
+        value = out
+
+
+def _gradients_added(stages: list) -> list:
+    """Per stage, the trainable parameters whose ``.grad`` its backward allocates: a parameter several
+    stages share is the last one's (backward reaches it first; the others add to that ``.grad``)."""
+    later, added = set(), []
+    for stage in reversed(stages):
+        mine = [p for p in trainable(stage) if id(p) not in later]
+        later.update(id(p) for p in mine)
+        added.append(mine)
+    return added[::-1]
+
+
+class LeftAsItWas:
+    """Run code whose side effects must not show (profiling the stages): the RNG, every buffer and the
+    parameters' ``.grad`` are as they were afterwards (gradients are None inside)."""
+
+    def __init__(self, modules: list, devices: list):
+        self.modules, self.devices = [m for m in modules if isinstance(m, torch.nn.Module)], devices
+
+    def __enter__(self):
+        self.rng = torch.random.fork_rng(devices=self.devices)
+        self.rng.__enter__()
+        self.buffers = [(b, b.detach().clone()) for m in self.modules for b in m.buffers()]
+        self.grads = [(p, p.grad) for m in self.modules for p in m.parameters()]
+        for p, _ in self.grads:
+            p.grad = None
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for b, saved in self.buffers:
+                b.copy_(saved)
+        for p, g in self.grads:
+            p.grad = g
+        self.rng.__exit__(*exc)
+
+
+# ------------------------------------------------------------------ Profile.from_torch: bytes and times
+
+def torch_profile(stages, x, repeats: int, warmup: int) -> Profile:
+    """Bytes (``stage_bytes``) and median times of torch stages, each called as a module (its hooks fire).
+
+    Transients are measured on CUDA (peak allocated above the live bytes); on CPU there is no
+    allocator to ask, so they are 0 (``source`` says so).
+    """
+    from .inspect import _stages
+    cuda = any(t.is_cuda for t in tensors_of(x))
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    modules, costs = [m for _, m in _stages(stages)], []
+    resident = resident_keys(modules)
+    for stage, cost, value in chain_bytes(modules, x):
+        def fresh(value=value):
+            return step_inputs((value,), {}, resident)
+        fwd, bwd = _step_times(stage, fresh, repeats, warmup, sync)
+        f_peak, b_peak = _cuda_transients(stage, fresh) if cuda else (0, 0)
+        costs.append(replace(cost, forward_time=fwd, backward_time=bwd,
+                             forward_transient=f_peak, backward_transient=b_peak))
+    return Profile(tuple(costs), nbytes_of(x), time_unit="seconds",
+                   source=f"torch stages on {'cuda' if cuda else 'cpu'}, measured (median of {repeats})"
+                          + ("" if cuda else "; transients not measured on CPU (0)"))
+
+
+def _taped_forward(stage, args, kwargs) -> list:
+    """A taped forward of ``stage``: its output tensors that require grad."""
+    with torch.enable_grad():
+        out = stage(*args, **kwargs)
+    return [t for t in tensors_of(out) if t.requires_grad]
+
+
+def _backward(outs: list, grads: list) -> None:
+    if outs:
+        torch.autograd.backward(outs, grads)
+
+
+def _step_times(stage, fresh, repeats: int, warmup: int, sync) -> tuple[float, float]:
+    """Median seconds of a taped forward and of its backward (ones as the output gradient), each run on
+    fresh input copies (``fresh()``, made off the clock: a stage may modify its input in place)."""
+    forward, backward = [], []
+    for k in range(warmup + repeats):
+        args, kwargs = fresh()
+        sync()
+        t0 = time.perf_counter()
+        outs = _taped_forward(stage, args, kwargs)
+        sync()
+        forward_end = time.perf_counter()
+        grads = [torch.ones_like(t) for t in outs]
+        sync()
+        t1 = time.perf_counter()
+        _backward(outs, grads)
+        sync()
+        if k >= warmup:
+            forward.append(forward_end - t0)
+            backward.append(time.perf_counter() - t1)
+    return statistics.median(forward), statistics.median(backward)
+
+
+def _cuda_transients(stage, fresh) -> tuple[int, int]:
+    """Peak CUDA bytes a taped forward / a backward allocate above what was live before it."""
+    args, kwargs = fresh()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    outs = _taped_forward(stage, args, kwargs)
+    f_peak = torch.cuda.max_memory_allocated() - base
+    grads = [torch.ones_like(t) for t in outs]                # δ exists before a backward: not its transient
+    live = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    _backward(outs, grads)
+    b_peak = torch.cuda.max_memory_allocated() - live
+    return f_peak, b_peak
