@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CKPT_FRONTIER_ABI 5
+#define CKPT_FRONTIER_ABI 6
 
 typedef struct {
     int64_t peak;
@@ -32,7 +32,7 @@ typedef struct {
     int64_t len, cap;
 } Vec;
 
-typedef struct {
+typedef struct {             /* the caller's arrays are read during ckpt_frontier_solve only */
     int n;
     const int64_t *X, *f, *r, *own, *G, *untaped, *cap;
     const uint8_t *kin, *kout;
@@ -42,6 +42,8 @@ typedef struct {
     double loss_time;
     int first_only;
     int64_t *start, *size;       /* per key: content * 4 + pinned * 2 + pending; start -1 = not built */
+    int64_t *first_peak;         /* per key: its frontier's least peak and least time (corners) */
+    double *last_time;
     Vec acc, cand, tmp;
     int64_t *peaks;           /* the pool: every built frontier, column by column */
     double *times;
@@ -144,6 +146,22 @@ static int64_t last_from(const int64_t *peaks, int64_t n, int64_t from, int64_t 
     return from + last_at_or_below(peaks + from, hi - from, level);
 }
 
+/* A walk's place on the staircase: its last entry at or under the level (below), the next one's peak
+ * and the time there. */
+typedef struct {
+    const Entry *e;
+    int64_t len, below, next;
+    double time;
+} AccCursor;
+
+static inline void acc_to(AccCursor *at, int64_t level) {
+    while (at->next <= level) {
+        at->below++;
+        at->time = at->e[at->below].time;
+        at->next = at->below + 1 < at->len ? at->e[at->below + 1].peak : INT64_MAX;
+    }
+}
+
 /* First index in [lo, acc->len) whose peak is >= peak. */
 static int64_t first_at_or_above(const Vec *acc, int64_t lo, int64_t peak) {
     int64_t hi = acc->len;
@@ -203,10 +221,17 @@ static int split_candidates(Ctx *C, int a, int b, int c, int pinned, int pending
         return -2;                                   /* a child not built: an ordering bug */
     if (!nr || !nl)
         return 0;
-    const int64_t *Rp = C->peaks + C->start[kr], *Lp = C->peaks + C->start[kl];
-    const double *Rt = C->times + C->start[kr], *Lt = C->times + C->start[kl];
     const double fT = C->Fsum[c] - C->Fsum[a];
     const int64_t g = C->G[c] - C->G[b];
+    {   /* from the children's corners alone (no frontier touched, often out of cache): every pair peaks at
+         * or above the least level and is no faster than both sides' fastest; dominated if the staircase
+         * is already that fast there */
+        const int64_t least = max64(max64(C->first_peak[kr] + cur, C->first_peak[kl] + g), fp);
+        if (least > cap || reach(&C->acc, (fT + C->last_time[kr]) + C->last_time[kl]) <= least)
+            return 0;
+    }
+    const int64_t *Rp = C->peaks + C->start[kr], *Lp = C->peaks + C->start[kl];
+    const double *Rt = C->times + C->start[kr], *Lt = C->times + C->start[kl];
     /* the split's fastest within the cap: each side's last entry whose level fits */
     const int64_t r_top = last_at_or_below(Rp, nr, cap - cur), l_top = last_at_or_below(Lp, nl, cap - g);
     if (r_top < 0 || l_top < 0)
@@ -220,37 +245,38 @@ static int split_candidates(Ctx *C, int a, int b, int c, int pinned, int pending
     /* (i, j): each side's last entry at or under the level, i.e. the fastest pair there */
     int64_t peak = max64(max64(Rp[0] + cur, Lp[0] + g), fp);
     int64_t i = last_from(Rp, nr, 0, peak - cur), j = last_from(Lp, nl, 0, peak - g);
-    int64_t below = first_at_or_above(&C->acc, 0, peak + 1) - 1;  /* acc's last entry at or under the level */
-    int64_t next_acc = below + 1 < acc_len ? acc[below + 1].peak : INT64_MAX;
-    double acc_time = below >= 0 ? acc[below].time : INFINITY;
+    AccCursor at = {acc, acc_len, first_at_or_above(&C->acc, 0, peak + 1) - 1, 0, INFINITY};
+    at.next = at.below + 1 < acc_len ? acc[at.below + 1].peak : INT64_MAX;
+    at.time = at.below >= 0 ? acc[at.below].time : INFINITY;
     while (peak <= top) {
-        while (next_acc <= peak) {
-            below++;
-            acc_time = acc[below].time;
-            next_acc = below + 1 < acc_len ? acc[below + 1].peak : INT64_MAX;
-        }
-        const int64_t next_r = i + 1 < nr ? Rp[i + 1] + cur : INT64_MAX;
-        const int64_t next_l = j + 1 < nl ? Lp[j + 1] + g : INT64_MAX;
+        acc_to(&at, peak);
         /* Levels only rise and acc's time only falls with them, so when right entry i with left's fastest
-         * is no faster than acc here, every later pair with this i is dominated: move to right's next
-         * level (left follows it at a gallop); likewise for left entry j with right's fastest. */
-        if ((fT + Rt[i]) + Lt[l_top] >= acc_time) {
-            if (next_r == INT64_MAX)
-                break;
-            i++, peak = next_r;
+         * is no faster than acc here, every later pair with this i is dominated: run right on past all
+         * such entries, then bring left up to the level at a gallop; likewise for left with right's
+         * fastest. */
+        if ((fT + Rt[i]) + Lt[l_top] >= at.time) {
+            do {
+                if (++i >= nr || (peak = Rp[i] + cur) > top)
+                    return 0;
+                acc_to(&at, peak);
+            } while ((fT + Rt[i]) + Lt[l_top] >= at.time);
             j = last_from(Lp, nl, j, peak - g);
             continue;
         }
-        if ((fT + Rt[r_top]) + Lt[j] >= acc_time) {
-            if (next_l == INT64_MAX)
-                break;
-            j++, peak = next_l;
+        if ((fT + Rt[r_top]) + Lt[j] >= at.time) {
+            do {
+                if (++j >= nl || (peak = Lp[j] + g) > top)
+                    return 0;
+                acc_to(&at, peak);
+            } while ((fT + Rt[r_top]) + Lt[j] >= at.time);
             i = last_from(Rp, nr, i, peak - cur);
             continue;
         }
         const double time = (fT + Rt[i]) + Lt[j];
-        if (time < acc_time)                                       /* else acc dominates it */
+        if (time < at.time)                                        /* else acc dominates it */
             push(&C->cand, peak, time, c - a, (int32_t)i, (int32_t)j);
+        const int64_t next_r = i + 1 < nr ? Rp[i + 1] + cur : INT64_MAX;
+        const int64_t next_l = j + 1 < nl ? Lp[j + 1] + g : INT64_MAX;
         if (next_r == INT64_MAX && next_l == INT64_MAX)
             break;
         if (next_r <= next_l)
@@ -322,6 +348,8 @@ static int build(Ctx *C, int a, int b, int pinned, int pending) {
     }
     C->start[key] = C->pool_len;
     C->size[key] = acc->len;
+    if (acc->len)
+        C->first_peak[key] = acc->e[0].peak, C->last_time[key] = acc->e[acc->len - 1].time;
     C->pool_len += acc->len;
     return 0;
 }
@@ -339,7 +367,7 @@ Ctx *ckpt_frontier_solve(int n, const int64_t *X, const int64_t *f, const int64_
                          const uint8_t *kout, const int64_t *own, const double *tape_time, const double *Fsum,
                          const int64_t *G, const int64_t *untaped, int64_t L, int64_t loss_transient,
                          double loss_time, const int32_t *content, const int64_t *cap, int first_only,
-                         int64_t *start, int64_t *size, int *error) {
+                         int64_t *start, int64_t *size, int64_t *first_peak, double *last_time, int *error) {
     Ctx *C = calloc(1, sizeof(Ctx));
     *error = -1;
     if (!C)
@@ -348,6 +376,7 @@ Ctx *ckpt_frontier_solve(int n, const int64_t *X, const int64_t *f, const int64_
     C->tape_time = tape_time, C->Fsum = Fsum, C->G = G, C->untaped = untaped, C->L = L;
     C->loss_transient = loss_transient, C->loss_time = loss_time, C->content = content, C->cap = cap;
     C->first_only = first_only, C->start = start, C->size = size;
+    C->first_peak = first_peak, C->last_time = last_time;
     for (int b = 0; b <= n; b++) {                /* (a, b) needs (c, b) for c > a and (a, c) for c < b: */
         for (int a = b; a >= 0; a--) {           /* the right children are the ones just built, in cache */
             for (int pending = 0; pending <= (b == n); pending++) {      /* (a, n) before (a, n, pending) */
