@@ -81,6 +81,14 @@ class Profile:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"profile: {name} must be an int ≥ 0, got {value!r}")
+        for i in range(1, len(self.stages) + 1):       # the planner's byte arithmetic relies on it
+            if self.tape_own_bytes(i) < 0:
+                s = self.stages[i - 1]
+                raise ValueError(
+                    f"profile: stage {i}'s tape_bytes ({s.tape_bytes:,}) is less than what it says it keeps "
+                    f"(input {s.tape_keeps_input * self.activation_bytes(i - 1):,} + output "
+                    f"{s.tape_keeps_output * s.output_bytes:,} B); tape_bytes counts a kept input or output "
+                    f"too: raise it, or set tape_keeps_input / tape_keeps_output False")
 
     def __len__(self) -> int:
         return len(self.stages)

@@ -3,6 +3,8 @@
 import argparse
 
 import numpy as np
+from dataclasses import replace
+
 import pytest
 
 import ckpt
@@ -43,6 +45,18 @@ def test_by_hand_and_bad_values():
         StageCost(forward_time=1, backward_time=1, output_bytes=-1, tape_bytes=0)
     with pytest.raises(ValueError, match="needs at least one stage"):
         Profile((), 0)
+
+
+def test_a_tape_smaller_than_what_it_keeps_is_refused():
+    """tape_bytes counts a kept input or output: a tape that says it keeps its 2 MiB input in 0 bytes would
+    give the stage negative bytes of its own, which the planner's pruning (held bytes ≥ 0) cannot take — it
+    refused the least feasible budget of such a profile."""
+    embedding = StageCost(forward_time=1, backward_time=1, output_bytes=2**18, tape_bytes=0, tape_keeps_input=True)
+    layer = StageCost(forward_time=1, backward_time=2, output_bytes=2**18, tape_bytes=2**22, tape_keeps_input=True)
+    with pytest.raises(ValueError, match=r"stage 1's tape_bytes \(0\) is less than what it says it keeps "
+                                         r"\(input 2,097,152 \+ output 0 B\)"):
+        Profile((embedding, layer), input_bytes=2**21)
+    Profile((replace(embedding, tape_keeps_input=False), layer), input_bytes=2**21)
 
 
 def test_schedule_for_profiles_a_chain_when_the_strategy_needs_it():

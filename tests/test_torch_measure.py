@@ -115,3 +115,20 @@ def test_what_a_plain_forward_leaves_held_is_what_the_memory_model_counts(build)
     torch.manual_seed(0)
     stages, x = build()
     assert forward_held(stages, x) == counted_forward(chain_profile(list(stages), x))
+
+
+class _HalfView(nn.Module):
+    """Returns a view of half its input: the chain holds the whole storage, the next stage copies half."""
+
+    def forward(self, x):
+        return x[:, : x.shape[1] // 2]
+
+
+def test_a_saved_copy_smaller_than_the_chains_view_keeps_the_profile_consistent():
+    """A stage fed a view saves a compact copy smaller than the storage the chain holds: the profile says
+    it keeps no input (its tape all its own bytes) instead of giving it negative own bytes."""
+    torch.manual_seed(0)
+    stages = nn.Sequential(nn.Linear(64, 64), _HalfView(), nn.Linear(32, 16))
+    profile = ckpt.Profile.from_torch(stages, torch.randn(8, 64), repeats=1)
+    assert all(profile.tape_own_bytes(i) >= 0 for i in range(1, len(profile) + 1))
+    assert chain_profile(list(stages), torch.randn(8, 64)).stages[2].tape_keeps_input is False

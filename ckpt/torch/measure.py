@@ -9,9 +9,11 @@
   (a Tanh on the caller's input, or after a frozen layer, keeps nothing: no gradient flows into it);
 * ``tape_bytes``: every storage autograd saves, each once; ``resident`` storages (parameters,
   buffers) are not counted;
-* ``tape_keeps_input`` / ``tape_keeps_output``: a saved storage is one of the arguments' / the
-  output's.  A stage that modifies its input in place saves one storage that is both; it counts as
-  the output (the input no longer exists apart from it), so a tape's own bytes are never negative;
+* ``tape_keeps_input`` / ``tape_keeps_output``: every storage of the chain value (the first
+  argument) / of the output is saved.  A stage that modifies its input in place saves one storage
+  that is both; it counts as the output (the input no longer exists apart from it).  ``profile_of``
+  keeps a tape's own bytes ≥ 0 (what ``Profile`` requires) where a kept value's bytes as the chain
+  holds it exceed the copy the stage saved;
 * ``output_bytes``: the output's storages, each once (two views of one buffer are one buffer);
 * ``grad_bytes``: the ``.grad`` its backward allocates: of its parameters that require grad (in a
   chain, one that several stages share counts at the last of them: backward reaches it first).
@@ -81,13 +83,30 @@ def stage_bytes(fn, params: list, args: tuple, kwargs: dict, resident: set) -> t
         out = fn(*args, **kwargs)
     saved = set(recorder.held)
     out_keys = {storage_key(t) for t in tensors_of(out)}
-    in_keys = {storage_key(t) for t in tensors_of((args, kwargs))} - out_keys     # modified in place: output
+    in_keys = {storage_key(t) for t in tensors_of(args[:1])} - out_keys     # the chain value; in place: output
     cost = StageCost(0.0, 0.0, output_bytes=nbytes_of(out), tape_bytes=recorder.bytes,
-                     tape_keeps_input=bool(in_keys & saved), tape_keeps_output=bool(out_keys & saved),
+                     tape_keeps_input=bool(in_keys) and in_keys <= saved,
+                     tape_keeps_output=bool(out_keys) and out_keys <= saved,
                      grad_bytes=sum(p.numel() * p.element_size() for p in params))
     leaves, spec = tree_flatten(out)
     detached = [t.detach().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t for t in leaves]
     return cost, tree_unflatten(detached, spec)
+
+
+def profile_of(costs, input_bytes: int, **fields) -> Profile:
+    """A ``Profile`` of measured stage costs whose tapes hold at least what they say they keep.
+
+    A stage may save a compact copy of a chain value the chain holds as a view of a larger storage:
+    its tape is then smaller than the kept value.  Such a stage is said to keep neither input nor
+    output, so its whole tape counts as its own: an overcount of what is shared, never an undercount.
+    """
+    out, previous = [], input_bytes
+    for cost in costs:
+        if cost.tape_bytes < cost.tape_keeps_input * previous + cost.tape_keeps_output * cost.output_bytes:
+            cost = replace(cost, tape_keeps_input=False, tape_keeps_output=False)
+        out.append(cost)
+        previous = cost.output_bytes
+    return Profile(tuple(out), input_bytes, **fields)
 
 
 def chain_bytes(stages: list, x, call=lambda stage: stage):
@@ -156,7 +175,7 @@ def torch_profile(stages, x, repeats: int, warmup: int) -> Profile:
         f_peak, b_peak = _cuda_transients(stage, fresh) if cuda else (0, 0)
         costs.append(replace(cost, forward_time=fwd, backward_time=bwd,
                              forward_transient=f_peak, backward_transient=b_peak))
-    return Profile(tuple(costs), nbytes_of(x), time_unit="seconds",
+    return profile_of(costs, nbytes_of(x), time_unit="seconds",
                    source=f"torch stages on {'cuda' if cuda else 'cpu'}, measured (median of {repeats})"
                           + ("" if cuda else "; transients not measured on CPU (0)"))
 

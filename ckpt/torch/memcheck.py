@@ -25,8 +25,8 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from ..memcheck import InsufficientMemoryError, _alternatives, check_fits
 from ..profile import Profile
 from .backend import _refuse_cache
-from .measure import (LeftAsItWas, chain_bytes, devices_of, nbytes_of, resident_keys, stage_bytes, tensors_of,
-                      trainable)
+from .measure import (LeftAsItWas, chain_bytes, devices_of, nbytes_of, profile_of, resident_keys, stage_bytes,
+                      tensors_of, trainable)
 
 
 def signature(args: tuple, kwargs: dict) -> tuple:
@@ -41,7 +41,7 @@ def chain_profile(stages: list, x) -> Profile:
     """Bytes-only profile of a chain (each stage's output is the next one's input)."""
     with LeftAsItWas(stages, devices_of(tensors_of(x))):
         costs = [cost for _, cost, _ in chain_bytes(stages, x, call=_forward_of)]
-    return Profile(tuple(costs), nbytes_of(x), source="torch stages, bytes only (memory check)")
+    return profile_of(costs, nbytes_of(x), source="torch stages, bytes only (memory check)")
 
 
 def _forward_of(stage):
@@ -67,7 +67,7 @@ def repeated_block_profile(blocks: list, forward, args: tuple, kwargs: dict) -> 
         args = (_requiring_grad(args[0]), *args[1:])
     with LeftAsItWas(blocks, devices_of(tensors_of((args, kwargs)))):
         cost, _ = stage_bytes(forward, params, args, kwargs, resident_keys(blocks))
-    return Profile((cost,) * len(blocks), nbytes_of(args[:1]), source="block 1 repeated, bytes only (memory check)")
+    return profile_of((cost,) * len(blocks), nbytes_of(args[:1]), source="block 1 repeated, bytes only (memory check)")
 
 
 def _requiring_grad(value):
