@@ -249,8 +249,12 @@ def _profile_of(model, batch) -> Profile:
 def _torch_profile(cls, stages, x, repeats: int, warmup: int) -> Profile:
     """Profile torch stages: saved-tensor bytes (``ckpt.saved_bytes``' recorder) and median times.
 
-    Transients are measured on CUDA (peak allocated above the live bytes); on
-    CPU there is no allocator to ask, so they are 0 (say so: ``source``).
+    Transients are measured as the peak allocated above the live bytes: on CUDA
+    from the allocator's peak counter, on CPU (which has none) from the
+    profiler's allocation events.  Without them the memory model misses the
+    moment inside ``Backward(i)`` when stage i's new gradients exist beside its
+    tape.  When a profiler is already running (it cannot be nested), CPU
+    transients are 0 and ``source`` says so.
     """
     import torch
     from .torch.inspect import _stages, saved_bytes
@@ -258,6 +262,8 @@ def _torch_profile(cls, stages, x, repeats: int, warmup: int) -> Profile:
     tapes = saved_bytes(stages, x)
     cuda = any(t.is_cuda for t in items(x) if isinstance(t, torch.Tensor))
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    transients = _cuda_transients if cuda else _cpu_transients
+    measured = cuda or not torch.autograd.profiler._is_profiler_enabled
     out_bytes = lambda v: sum(t.untyped_storage().nbytes() for t in items(v) if isinstance(t, torch.Tensor))
     costs, prev = [], x
     for module, tape in zip(modules, tapes):
@@ -266,7 +272,7 @@ def _torch_profile(cls, stages, x, repeats: int, warmup: int) -> Profile:
             _stage_step(module, inp)
         fwd = median_time(lambda: module(inp), repeats, sync)
         bwd = statistics.median(_stage_step(module, inp, sync)[1] for _ in range(repeats))
-        f_peak, b_peak = _cuda_transients(module, inp) if cuda else (0, 0)
+        f_peak, b_peak = transients(module, inp) if measured else (0, 0)
         keeps_input, keeps_output, out = _tape_shares(module, inp)
         costs.append(StageCost(
             forward_time=fwd, backward_time=bwd, output_bytes=out_bytes(out), tape_bytes=tape,
@@ -276,7 +282,7 @@ def _torch_profile(cls, stages, x, repeats: int, warmup: int) -> Profile:
         prev = out.detach() if isinstance(out, torch.Tensor) else out
     return cls(tuple(costs), out_bytes(x), time_unit="seconds",
                source=f"torch stages on {'cuda' if cuda else 'cpu'}, measured (median of {repeats})"
-                      + ("" if cuda else "; transients not measured on CPU (0)"))
+                      + ("" if measured else "; transients not measured (0): a profiler was running"))
 
 
 def _leaf(v):
@@ -336,6 +342,42 @@ def _cuda_transients(module, inp) -> tuple[int, int]:
         torch.autograd.backward(outs, grads)
     b_peak = torch.cuda.max_memory_allocated() - live
     return f_peak, b_peak
+
+
+def _cpu_transients(module, inp) -> tuple[int, int]:
+    """Peak CPU bytes a taped forward / a backward allocate above what was live before it.
+
+    In a step, autograd frees δ_i as soon as stage i has used it, so the backward's peak may
+    come after δ_i is gone; δ_i is therefore made inside the backward (the gradient of a sum of
+    the output times ones) and its bytes taken off, as the memory model holds δ_i beside the
+    transient.
+    """
+    import torch
+    with torch.enable_grad():
+        f_peak, out = _cpu_peak(lambda: module(inp))
+        outs = [t for t in items(out) if isinstance(t, torch.Tensor) and t.requires_grad]
+        if not outs:
+            return f_peak, 0
+        total = sum((t * torch.ones_like(t)).sum() for t in outs)
+    delta = sum(t.numel() * t.element_size() for t in outs)
+    del out, outs
+    b_peak, _ = _cpu_peak(total.backward)
+    return f_peak, max(0, b_peak - delta)
+
+
+def _cpu_peak(fn) -> tuple[int, object]:
+    """(peak bytes held by torch's CPU allocator above the entry while ``fn()`` runs, its result),
+    from the profiler's allocation and free events (the CPU allocator keeps no peak counter)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]" and e.device_type().name == "CPU"), key=lambda e: e.start_ns())
+    held = peak = 0
+    for e in events:
+        held += e.nbytes()
+        peak = max(peak, held)
+    return peak, result
 
 
 def items(v) -> list:
