@@ -272,7 +272,8 @@ def report(frame, out: Path, args, started) -> None:
              f"({started}; load average {args.load_at_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the "
              "end (1-minute `uptime` figures) on a shared 2-core machine: timings are noisy, "
              "compare within a chain only).", "",
-             "Predicted peak: the memory model on the chain's `ckpt.Profile` (input and parameters excluded). "
+             "Predicted peak: the memory model on the chain's `ckpt.Profile` (input and parameters excluded; "
+             "on torch, each stage's transients measured by `Profile.from_torch` from the CPU allocator's events). "
              "Predicted time: sum of the profile's per-stage measured medians. Measured peak: tracemalloc "
              "(numpy), torch's CPU allocator above the step's entry (torch; `profiling.meters.TorchCPUMeter`, "
              "one metered step after a warm-up, apart from the timed ones). Measured time: median step time, "
