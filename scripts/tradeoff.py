@@ -110,7 +110,7 @@ def numpy_rows(name, sizes, repeats) -> list[dict]:
             ckpt.execute(schedule, backend, x, y)
             times[label].append(time.perf_counter() - t0)
     for row in rows:
-        _add_times(row, times[row["strategy"]])
+        _add_times(row, times[row["strategy"]], times["sqrt_n"])
     return rows
 
 
@@ -122,9 +122,12 @@ def _row(backend, chain, label, schedule, profile, measured_peak=None) -> dict:
             "measured_peak_MiB": None if measured_peak is None else measured_peak / 2**20}
 
 
-def _add_times(row, samples) -> None:
+def _add_times(row, samples, sqrt_n_samples) -> None:
+    """Median step time, its spread, and the median over rounds of its ratio to √n's step in the same round
+    (paired: a load change between rounds moves both steps of a round alike)."""
     row["measured_time_s"] = statistics.median(samples)
     row["time_spread"] = (max(samples) - min(samples)) / statistics.median(samples)
+    row["time_vs_sqrt_n"] = statistics.median(t / s for t, s in zip(samples, sqrt_n_samples))
 
 
 def torch_chains():
@@ -217,7 +220,7 @@ def torch_rows(name, stages, x, repeats) -> list[dict]:
     rows += [{"backend": "torch", "chain": name, "strategy": label, "n": len(stages),
               "measured_peak_MiB": peaks[label] / 2**20} for label in ("torch checkpoint_sequential", "torch plain")]
     for row in rows:
-        _add_times(row, times[row["strategy"]])
+        _add_times(row, times[row["strategy"]], times["sqrt_n"])
     return rows
 
 
@@ -276,19 +279,21 @@ def _zoom_near_sqrt_n(ax, g) -> None:
 def claims(frame) -> list[str]:
     """Per heterogeneous chain: does optimal at √n's peak beat √n (predicted and measured), and fit below it?"""
     lines = ["## Optimal against √n on the heterogeneous chains", "",
-             "| backend | chain | optimal @sqrt_n vs sqrt_n: predicted time | measured time (median) | "
+             "| backend | chain | optimal @sqrt_n vs sqrt_n: predicted time | measured time (paired; ratio of medians) | "
              "optimal @recompute↔sqrt_n: predicted peak ≤ budget < sqrt_n's peak |", "|---|---|---|---|---|"]
     for (backend, chain), g in frame.groupby(["backend", "chain"], sort=False):
         if "homogeneous" in chain:
             continue
         row = g.set_index("strategy")
         mine, theirs = row.loc["optimal @sqrt_n"], row.loc["sqrt_n"]
-        ratio = lambda k: f"{mine[k] / theirs[k]:.3f}× ({'less' if mine[k] < theirs[k] else 'NOT less'})"
+        verdict = lambda r: f"{r:.3f}× ({'less' if r < 1 else 'NOT less'})"
         between = row.loc["optimal @recompute↔sqrt_n"] if "optimal @recompute↔sqrt_n" in row.index else None
         fits = ("no plan" if between is None else
                 f"{between.predicted_peak_MiB:.2f} MiB < {theirs.predicted_peak_MiB:.2f} MiB "
                 f"(measured {between.measured_peak_MiB:.2f})")
-        lines.append(f"| {backend} | {chain} | {ratio('predicted_time_s')} | {ratio('measured_time_s')} | {fits} |")
+        measured = f"{verdict(mine.time_vs_sqrt_n)}; {mine.measured_time_s / theirs.measured_time_s:.3f}×"
+        lines.append(f"| {backend} | {chain} | {verdict(mine.predicted_time_s / theirs.predicted_time_s)} | "
+                     f"{measured} | {fits} |")
     return lines
 
 
@@ -307,7 +312,9 @@ def report(frame, out: Path, args, started) -> None:
              "Predicted time: sum of the profile's per-stage measured medians. Measured peak: tracemalloc "
              "(numpy), torch's CPU allocator above the step's entry (torch; `profiling.meters.TorchCPUMeter`, "
              "one metered step after a warm-up, apart from the timed ones). Measured time: median step time, "
-             "repeats interleaved across strategies, one thread; spread = (max − min) / median.", "",
+             "repeats interleaved across strategies (each round runs every strategy once), one thread; spread = "
+             "(max − min) / median; paired = the median over rounds of a step's time over √n's step time in the "
+             "same round (the load drifts between rounds; within one it moves both alike).", "",
              "![pareto](pareto.png)", "", *claims(frame), ""]
     for (backend, chain), g in frame.groupby(["backend", "chain"], sort=False):
         lines += [f"## {backend}: {chain}", "",

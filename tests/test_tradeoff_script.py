@@ -23,16 +23,23 @@ def test_every_plan_validates_and_optimal_keeps_to_its_budget():
     assert profile.schedule_time(chosen["optimal @sqrt_n"]) <= profile.schedule_time(chosen["sqrt_n"])
 
 
-def row(strategy, peak, time, measured_time):
+def row(strategy, peak, time, measured_time, paired):
     return {"backend": "torch", "chain": "gpt", "strategy": strategy, "predicted_peak_MiB": peak,
-            "measured_peak_MiB": peak, "predicted_time_s": time, "measured_time_s": measured_time}
+            "measured_peak_MiB": peak, "predicted_time_s": time, "measured_time_s": measured_time,
+            "time_vs_sqrt_n": paired}
 
 
 def test_the_claims_table_says_not_less_when_optimal_is_slower():
-    frame = pd.DataFrame([row("sqrt_n", 10.0, 1.0, 1.0), row("optimal @sqrt_n", 10.0, 0.9, 1.05),
-                          row("optimal @recompute↔sqrt_n", 8.0, 1.1, 1.1)])
+    frame = pd.DataFrame([row("sqrt_n", 10.0, 1.0, 1.0, 1.0), row("optimal @sqrt_n", 10.0, 0.9, 0.98, 1.02),
+                          row("optimal @recompute↔sqrt_n", 8.0, 1.1, 1.1, 1.1)])
     line = tradeoff.claims(frame)[-1]
-    assert "| 0.900× (less) | 1.050× (NOT less) | 8.00 MiB < 10.00 MiB (measured 8.00) |" in line
+    assert "| 0.900× (less) | 1.020× (NOT less); 0.980× | 8.00 MiB < 10.00 MiB (measured 8.00) |" in line
+
+
+def test_paired_ratios_are_taken_round_by_round():
+    row = {}
+    tradeoff._add_times(row, [2.0, 4.0, 9.0], [2.5, 5.0, 10.0])       # each round 0.8 or 0.9 of √n's
+    assert row["measured_time_s"] == 4.0 and row["time_vs_sqrt_n"] == pytest.approx(0.8)
 
 
 def test_the_gpt_chain_is_embedding_causal_blocks_and_head():
