@@ -19,8 +19,8 @@ small-vocabulary-per-width, large-batch step, e.g. width 128, vocabulary 8000,
 equals it (measured profile: 0.994× predicted, 24 forward steps each).  Where the parameter gradients, which accumulate
 through the backward, are large beside one block's tape, √n's peak comes late
 in the backward and its equal segments leave room unused earlier, which
-`optimal` fills with 3 more block tapes (29 forward steps against 32; ≈ 0.93×
-predicted).  The second is what fine-tuning a GPT-2-sized model at batch 1
+`optimal` fills with 3 more block tapes (29 forward steps against 32; 0.97×
+predicted in reports/tradeoff).  The second is what fine-tuning a GPT-2-sized model at batch 1
 looks like: GPT-2 small (width 768, heads of 64, vocabulary 50257, 12 blocks)
 on 1024 tokens has 0.5 GB of fp32 gradients against ≈ 47 MB per block tape
 (these blocks keep ≈ 15·width floats per token) and 206 MB of logits.  Ours is that at a
@@ -35,7 +35,8 @@ torch: measured per-stage medians).  Measured: numpy tracemalloc peak and step
 time; torch CPU allocator peak (``profiling.meters.TorchCPUMeter``, one metered
 step apart from the timed ones) and step time (CheckpointedSequential running
 the schedule) next to torch.utils.checkpoint.checkpoint_sequential.  Times are
-medians of repeats interleaved across strategies within one run (one thread).
+medians of repeats interleaved across strategies within one run (one thread);
+against √n also paired: the median over rounds of the ratio within a round.
 """
 
 from __future__ import annotations
