@@ -162,9 +162,8 @@ class AllocatorStep:
 
 def allocator_timeline(prof) -> list[AllocatorStep]:
     """Bytes held above the start after each CPU allocation, free or gradient mark a profile recorded."""
-    events = [e for e in prof.profiler.kineto_results.events()
-              if (e.name() == "[memory]" and e.device_type().name == "CPU") or e.name().startswith(GRADIENT_MARK)]
-    events.sort(key=lambda e: e.start_ns())                 # stable: same-ns events keep their order
+    from ckpt.torch.measure import allocator_events
+    events = allocator_events(prof, also=lambda e: e.name().startswith(GRADIENT_MARK))
     t0 = events[0].start_ns() if events else 0
     held = gradients = 0
     out = []

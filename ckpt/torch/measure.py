@@ -160,24 +160,29 @@ class LeftAsItWas:
 def torch_profile(stages, x, repeats: int, warmup: int) -> Profile:
     """Bytes (``stage_bytes``) and median times of torch stages, each called as a module (its hooks fire).
 
-    Transients are measured on CUDA (peak allocated above the live bytes); on CPU there is no
-    allocator to ask, so they are 0 (``source`` says so).
+    Transients are measured as the peak allocated above the live bytes: on CUDA from the
+    allocator's peak counter, on CPU (which has none) from the profiler's allocation events.
+    Without them the memory model misses the moment inside ``Backward(i)`` when stage i's new
+    gradients exist beside its tape.  When a profiler is already running (it cannot be nested),
+    CPU transients are 0 and ``source`` says so.
     """
     from .inspect import _stages
     cuda = any(t.is_cuda for t in tensors_of(x))
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    transients = _cuda_transients if cuda else _cpu_transients
+    measured = cuda or not torch.autograd.profiler._is_profiler_enabled
     modules, costs = [m for _, m in _stages(stages)], []
     resident = resident_keys(modules)
     for stage, cost, value in chain_bytes(modules, x):
         def fresh(value=value):
             return step_inputs((value,), {}, resident)
         fwd, bwd = _step_times(stage, fresh, repeats, warmup, sync)
-        f_peak, b_peak = _cuda_transients(stage, fresh) if cuda else (0, 0)
+        f_peak, b_peak = transients(stage, fresh) if measured else (0, 0)
         costs.append(replace(cost, forward_time=fwd, backward_time=bwd,
                              forward_transient=f_peak, backward_transient=b_peak))
     return profile_of(costs, nbytes_of(x), time_unit="seconds",
                    source=f"torch stages on {'cuda' if cuda else 'cpu'}, measured (median of {repeats})"
-                          + ("" if cuda else "; transients not measured on CPU (0)"))
+                          + ("" if measured else "; transients not measured (0): a profiler was running"))
 
 
 def _taped_forward(stage, args, kwargs) -> list:
@@ -228,3 +233,43 @@ def _cuda_transients(stage, fresh) -> tuple[int, int]:
     _backward(outs, grads)
     b_peak = torch.cuda.max_memory_allocated() - live
     return f_peak, b_peak
+
+
+def _cpu_transients(stage, fresh) -> tuple[int, int]:
+    """Peak CPU bytes a taped forward / a backward allocate above what was live before it.
+
+    In a step, autograd frees δ_i as soon as stage i has used it, so the backward's peak may
+    come after δ_i is gone; δ_i is therefore made inside the backward (the gradient of a sum of
+    the output times ones) and its bytes taken off, as the memory model holds δ_i beside the
+    transient.
+    """
+    args, kwargs = fresh()
+    f_peak, outs = _cpu_peak(lambda: _taped_forward(stage, args, kwargs))
+    if not outs:
+        return f_peak, 0
+    with torch.enable_grad():
+        total = sum((t * torch.ones_like(t)).sum() for t in outs)
+    delta = sum(t.numel() * t.element_size() for t in outs)
+    del outs
+    b_peak, _ = _cpu_peak(total.backward)
+    return f_peak, max(0, b_peak - delta)
+
+
+def _cpu_peak(fn) -> tuple[int, object]:
+    """(peak bytes held by torch's CPU allocator above the entry while ``fn()`` runs, its result)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    held = peak = 0
+    for event in allocator_events(prof):
+        held += event.nbytes()
+        peak = max(peak, held)
+    return peak, result
+
+
+def allocator_events(prof, also=lambda event: False) -> list:
+    """A finished profile's CPU allocation and free events (``nbytes`` signed), and those ``also`` picks, in
+    time order: what torch's CPU allocator did (it keeps no peak counter of its own)."""
+    events = [e for e in prof.profiler.kineto_results.events()
+              if (e.name() == "[memory]" and e.device_type().name == "CPU") or also(e)]
+    return sorted(events, key=lambda e: e.start_ns())           # stable: same-ns events keep their order
