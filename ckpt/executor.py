@@ -134,6 +134,7 @@ class Run:
         self.current, self.checkpoints, self.tapes = (0, x), {}, {}
         self.delta, self.grads, self.loss = None, [None] * schedule.n, None
         self.stats, self._peak_totals = Stats(), None
+        self.explain, self.peak_residuals, self._action = explain, None, None   # explain: what the peak holds
         self.ledger.hold("input", x)
         self.ledger.hold("current", x)
         self.input_key = backend.storage(x)
@@ -149,6 +150,8 @@ class Run:
         if live + in_flight > s.peak_bytes:
             s.peak_bytes, s.peak_action = live + in_flight, self.k
             self._peak_totals = (*totals, in_flight)      # made a dict once, in result()
+            if self.explain:                              # taken now: the moment is gone after the action
+                self.peak_residuals = self.residuals(in_flight, self._action)
 
     def _holders(self):
         """(group, label, value) for every reference held, most telling holder first."""
@@ -198,6 +201,7 @@ class Run:
         handler = _HANDLERS.get(type(a))
         if handler is None:
             raise TypeError(f"executor: unexpected action {a!r}")
+        self._action = a
         handler(self, a)
 
     def _forward(self, a) -> None:
@@ -267,8 +271,8 @@ class Run:
         """Run ``actions`` (a part of the schedule, in order) on the current state."""
         for a in actions:
             self.do(a)
+            self._note_peak(0)                  # after action k: its index is the peak's
             self.k += 1
-            self._note_peak(0)
 
     def run(self, schedule: Schedule) -> Result:
         self.steps(schedule.actions)

@@ -71,12 +71,9 @@ def peak_residuals(model, strategy="store_all", batch: int = 1, **options) -> li
     """Every value held at the predicted peak of a training step, with its bytes and why it is there."""
     backend, x, y = symbolic_setup(model, batch)
     schedule = strategy if isinstance(strategy, Schedule) else _schedule(model, strategy, batch, options)
-    peak = execute(schedule, backend, x, y).stats
-    during = peak.peak_breakdown["in_flight"] > 0
     run = start(schedule, backend, x, y, explain=True)
-    run.steps(schedule.actions[:peak.peak_action + (0 if during else 1)])
-    action = schedule.actions[peak.peak_action]
-    return run.residuals(peak.peak_breakdown["in_flight"], action)
+    run.steps(schedule.actions)
+    return run.peak_residuals                  # taken by the run at the moment it peaked
 
 
 def print_peak_residuals(model, strategy="store_all", batch: int = 1, **options) -> None:

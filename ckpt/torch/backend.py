@@ -374,12 +374,12 @@ class Step:
 
     def _do(self, a) -> None:
         self.run.do(a)
+        if self.track:
+            self.run._note_peak(0)                  # after action k: its index is the peak's
         self.run.k += 1
         self.pos += 1
-        if self.track:
-            self.run._note_peak(0)
-            if self.pos == len(self.plan.schedule.actions):
-                self.run.result(self.plan.schedule)          # fills the stats' peak breakdown
+        if self.track and self.pos == len(self.plan.schedule.actions):
+            self.run.result(self.plan.schedule)              # fills the stats' peak breakdown
 
     def _settle(self) -> None:
         """Run what is left when it is only Backward/Free (no tape left to recompute)."""
