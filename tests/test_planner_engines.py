@@ -9,7 +9,7 @@ import pytest
 import ckpt
 from ckpt import _native, planners
 from ckpt.planners import _Planner, _plan, _solve_whole
-from tests.planner_engines import engine  # noqa: F401
+from tests.planner_engines import needs_a_compiler
 from tests.test_optimal import random_profile
 
 
@@ -33,11 +33,10 @@ CHAINS = {
 
 @pytest.mark.parametrize("chain", list(CHAINS))
 @pytest.mark.parametrize("seed", range(6))
-def test_engines_build_equal_frontiers_and_runnable_plans(chain, seed, engine, monkeypatch):
+def test_engines_build_equal_frontiers_and_runnable_plans(chain, seed, monkeypatch):
     """Whole frontiers, capped ones and least-peak ones are equal bit for bit on both engines; each of the
     kernel's entries is the plan it reconstructs (the executor's peak, the profile's time)."""
-    if engine == "numpy":
-        pytest.skip("the comparison runs once, from the native case")
+    needs_a_compiler()
     rng = random.Random(seed)
     profile = CHAINS[chain](rng)
     whole = frontier(profile, monkeypatch, "numpy")[1]
@@ -78,10 +77,9 @@ def test_a_bad_engine_name_is_refused(monkeypatch):
         ckpt.optimal(random_profile(3, random.Random(0)), 10**9)
 
 
-def test_an_edited_source_is_never_served_by_a_stale_build(fresh_kernel, monkeypatch, tmp_path, engine):
+def test_an_edited_source_is_never_served_by_a_stale_build(fresh_kernel, monkeypatch, tmp_path):
     """The cached library's name hashes the source: an edited copy builds (and loads) a library of its own."""
-    if engine == "numpy":
-        pytest.skip("about the native kernel")
+    needs_a_compiler()
     monkeypatch.setenv("CKPT_PLANNER_ENGINE", "native")
     assert _native.frontier_lib() is not None
     built = set(fresh_kernel.glob("frontier-*.so"))
