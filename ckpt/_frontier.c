@@ -162,6 +162,29 @@ static inline void acc_to(AccCursor *at, int64_t level) {
     }
 }
 
+/* The pair time bound of one side's entry k with the other side's fastest, added in the pair's order. */
+static inline double bound(const double *times, int64_t k, double fT, double other_fastest, int right) {
+    return right ? (fT + times[k]) + other_fastest : (fT + other_fastest) + times[k];
+}
+
+/* The last k from ``from`` on whose bound is still >= ``time`` (the staircase's time at the current level,
+ * the highest it is at any level to come): all of them are ruled out.  Bounds fall with k, so gallop. */
+static int64_t ruled_out_to(const double *times, int64_t n, int64_t from, double fT, double other_fastest,
+                            int right, double time) {
+    int64_t step = 1;
+    while (from + step < n && bound(times, from + step, fT, other_fastest, right) >= time)
+        from += step, step *= 2;
+    int64_t lo = from, hi = from + step < n ? from + step : n;     /* bound(lo) >= time; hi: < time or n */
+    while (hi - lo > 1) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (bound(times, mid, fT, other_fastest, right) >= time)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 /* First index in [lo, acc->len) whose peak is >= peak. */
 static int64_t first_at_or_above(const Vec *acc, int64_t lo, int64_t peak) {
     int64_t hi = acc->len;
@@ -256,6 +279,7 @@ static int split_candidates(Ctx *C, int a, int b, int c, int pinned, int pending
          * fastest. */
         if ((fT + Rt[i]) + Lt[l_top] >= at.time) {
             do {
+                i = ruled_out_to(Rt, nr, i, fT, Lt[l_top], 1, at.time);
                 if (++i >= nr || (peak = Rp[i] + cur) > top)
                     return 0;
                 acc_to(&at, peak);
@@ -265,6 +289,7 @@ static int split_candidates(Ctx *C, int a, int b, int c, int pinned, int pending
         }
         if ((fT + Rt[r_top]) + Lt[j] >= at.time) {
             do {
+                j = ruled_out_to(Lt, nl, j, fT, Rt[r_top], 0, at.time);
                 if (++j >= nl || (peak = Lp[j] + g) > top)
                     return 0;
                 acc_to(&at, peak);
