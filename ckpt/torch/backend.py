@@ -41,6 +41,7 @@ from ..executor import Stats, start
 from ..schedule import Backward, Forward, ForwardTape, Free, Schedule, ScheduleError
 from ..strategies import make_schedule
 from .hooks import SavedRecorder, outer_saved_hooks
+from .measure import resident_keys
 
 
 class CheckpointError(RuntimeError):
@@ -625,8 +626,4 @@ class ChainRunner:
 
     def resident(self) -> frozenset:
         """Storages of the blocks' parameters and buffers (not counted as saved bytes)."""
-        keys = set()
-        for b in self.blocks:
-            if isinstance(b, torch.nn.Module):
-                keys.update(t.untyped_storage().data_ptr() for t in (*b.parameters(), *b.buffers()))
-        return frozenset(keys)
+        return frozenset(resident_keys(self.blocks))
