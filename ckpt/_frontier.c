@@ -5,26 +5,37 @@
  * rising and times strictly falling, entries above the content's cap dropped.  Sub-problems are
  * filled bottom-up, b rising and a falling, so every child is ready before its parent; each checkpoint
  * split's two child frontiers are combined by a two-pointer walk over their peak levels and merged
- * into the parent's staircase.  Only pairs the staircase built so far does not dominate are kept:
- * the walk stops at the least peak where the staircase reaches the split's fastest time within the
- * cap, and moves on at once from a side's entry that, even with the other side's fastest entry, is no
- * faster than the staircase at the current level (the other side follows at a gallop).
+ * into the parent's staircase.  Only pairs the staircase built so far does not dominate are kept, and
+ * the work avoids the dominated ones without reading them:
+ *
+ * - every frontier has a sketch (a few of its entries, evenly spaced, in a small array of its own);
+ *   from the two sketches alone, a split whose pairs are all dominated is skipped, and the walk of the
+ *   others starts at the first level where one might not be;
+ * - the walk stops at the least level where the staircase reaches the split's fastest time within the
+ *   cap;
+ * - from a dominated pair, the walk leaps at a gallop to the last level whose pair is still no faster
+ *   than the staircase was at the first (pair times fall as levels rise; the staircase's never rise).
  *
  * Times are added in the numpy engine's order ((forward + right) + left; child + tape time), so the
- * two engines' frontiers are equal bit for bit; on exact ties the earlier option (tape, then
- * lower split) is kept.  Loaded with ctypes by ckpt/_native.py; no Python API is used.
+ * two engines' frontiers are equal bit for bit.  Loaded with ctypes by ckpt/_native.py; no Python API
+ * is used.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define CKPT_FRONTIER_ABI 6
+#define CKPT_FRONTIER_ABI 7
+#define SKETCH 16                    /* entries per sketch: 4 cache lines */
 
 typedef struct {
     int64_t peak;
     double time;
-    int32_t split, right, left, unused;
+} Point;
+
+typedef struct {
+    Point p;
+    int32_t split, right, left;
 } Entry;
 
 typedef struct {
@@ -45,44 +56,38 @@ typedef struct {             /* the caller's arrays are read during ckpt_frontie
     int64_t *first_peak;         /* per key: its frontier's least peak and least time (corners) */
     double *last_time;
     Vec acc, cand, tmp;
-    int64_t *peaks;           /* the pool: every built frontier, column by column */
-    double *times;
-    int32_t (*choice)[3];     /* split, right, left */
+    Point *points;               /* the pool: every built frontier, entry after entry */
+    int32_t (*choice)[3];        /* and how each entry is built: split, right, left */
     int64_t pool_len, pool_cap;
+    Point *sketch;               /* per built key, from sketch_at: min(entries, SKETCH) of its entries */
+    int64_t *sketch_at, sketch_len, sketch_cap;
 } Ctx;
 
 int ckpt_frontier_abi(void) { return CKPT_FRONTIER_ABI; }
 
-static int reserve(Vec *v, int64_t need) {
-    if (need <= v->cap)
+/* Grow *array (of *cap items of ``size`` bytes) to hold ``need`` items, doubling. */
+static int grow(void **array, int64_t *cap, int64_t need, size_t size) {
+    if (need <= *cap)
         return 0;
-    int64_t cap = v->cap ? v->cap : 1024;
-    while (cap < need)
-        cap *= 2;
-    Entry *e = realloc(v->e, (size_t)cap * sizeof(Entry));
-    if (!e)
+    int64_t more = *cap ? *cap : 1024;
+    while (more < need)
+        more *= 2;
+    void *moved = realloc(*array, (size_t)more * size);
+    if (!moved)
         return -1;
-    v->e = e;
-    v->cap = cap;
+    *array = moved;
+    *cap = more;
     return 0;
 }
 
+static int reserve(Vec *v, int64_t need) { return grow((void **)&v->e, &v->cap, need, sizeof(Entry)); }
+
 static int reserve_pool(Ctx *C, int64_t need) {
-    if (need <= C->pool_cap)
-        return 0;
-    int64_t cap = C->pool_cap ? C->pool_cap : 4096;
-    while (cap < need)
-        cap *= 2;
-    int64_t *peaks = realloc(C->peaks, (size_t)cap * sizeof(int64_t));
-    if (peaks)
-        C->peaks = peaks;
-    double *times = realloc(C->times, (size_t)cap * sizeof(double));
-    if (times)
-        C->times = times;
-    int32_t(*choice)[3] = realloc(C->choice, (size_t)cap * sizeof(*choice));
-    if (choice)
-        C->choice = choice;
-    if (!peaks || !times || !choice)
+    int64_t cap = C->pool_cap;
+    if (grow((void **)&C->points, &cap, need, sizeof(Point)))
+        return -1;
+    cap = C->pool_cap;
+    if (grow((void **)&C->choice, &cap, need, sizeof(*C->choice)))
         return -1;
     C->pool_cap = cap;
     return 0;
@@ -90,20 +95,21 @@ static int reserve_pool(Ctx *C, int64_t need) {
 
 static inline int64_t max64(int64_t x, int64_t y) { return x > y ? x : y; }
 
+static inline int64_t min64(int64_t x, int64_t y) { return x < y ? x : y; }
+
 /* Append in rising-peak order, keeping a staircase: an entry no faster than the last is dropped;
  * a faster one at the last one's peak replaces it.  Room must be reserved. */
 static inline void push(Vec *v, int64_t peak, double time, int32_t split, int32_t right, int32_t left) {
     if (v->len) {
         Entry *last = &v->e[v->len - 1];
-        if (time >= last->time)
+        if (time >= last->p.time)
             return;
-        if (peak == last->peak) {
-            last->time = time, last->split = split, last->right = right, last->left = left;
+        if (peak == last->p.peak) {
+            last->p.time = time, last->split = split, last->right = right, last->left = left;
             return;
         }
     }
-    Entry *e = &v->e[v->len++];
-    e->peak = peak, e->time = time, e->split = split, e->right = right, e->left = left;
+    v->e[v->len++] = (Entry){{peak, time}, split, right, left};
 }
 
 static inline int64_t key_of(const Ctx *C, int a, int b, int pinned, int pending) {
@@ -116,20 +122,20 @@ static int64_t reach(const Vec *acc, double time) {
     int64_t lo = 0, hi = acc->len;              /* times fall along the staircase */
     while (lo < hi) {
         int64_t mid = (lo + hi) / 2;
-        if (acc->e[mid].time <= time)
+        if (acc->e[mid].p.time <= time)
             hi = mid;
         else
             lo = mid + 1;
     }
-    return lo < acc->len ? acc->e[lo].peak : INT64_MAX;
+    return lo < acc->len ? acc->e[lo].p.peak : INT64_MAX;
 }
 
 /* Last index in [0, n) whose peak is <= level (-1 if none); peaks rise. */
-static int64_t last_at_or_below(const int64_t *peaks, int64_t n, int64_t level) {
+static int64_t last_at_or_below(const Point *x, int64_t n, int64_t level) {
     int64_t lo = 0, hi = n;
     while (lo < hi) {
         int64_t mid = (lo + hi) / 2;
-        if (peaks[mid] <= level)
+        if (x[mid].peak <= level)
             lo = mid + 1;
         else
             hi = mid;
@@ -137,60 +143,12 @@ static int64_t last_at_or_below(const int64_t *peaks, int64_t n, int64_t level) 
     return lo - 1;
 }
 
-/* Last index in [from, n) whose peak is <= level, galloping from ``from`` (whose peak is <= level). */
-static int64_t last_from(const int64_t *peaks, int64_t n, int64_t from, int64_t level) {
-    int64_t step = 1;
-    while (from + step < n && peaks[from + step] <= level)
-        from += step, step *= 2;
-    int64_t hi = from + step < n ? from + step : n;           /* peaks[hi] > level, or hi = n */
-    return from + last_at_or_below(peaks + from, hi - from, level);
-}
-
-/* A walk's place on the staircase: its last entry at or under the level (below), the next one's peak
- * and the time there. */
-typedef struct {
-    const Entry *e;
-    int64_t len, below, next;
-    double time;
-} AccCursor;
-
-static inline void acc_to(AccCursor *at, int64_t level) {
-    while (at->next <= level) {
-        at->below++;
-        at->time = at->e[at->below].time;
-        at->next = at->below + 1 < at->len ? at->e[at->below + 1].peak : INT64_MAX;
-    }
-}
-
-/* The pair time bound of one side's entry k with the other side's fastest, added in the pair's order. */
-static inline double bound(const double *times, int64_t k, double fT, double other_fastest, int right) {
-    return right ? (fT + times[k]) + other_fastest : (fT + other_fastest) + times[k];
-}
-
-/* The last k from ``from`` on whose bound is still >= ``time`` (the staircase's time at the current level,
- * the highest it is at any level to come): all of them are ruled out.  Bounds fall with k, so gallop. */
-static int64_t ruled_out_to(const double *times, int64_t n, int64_t from, double fT, double other_fastest,
-                            int right, double time) {
-    int64_t step = 1;
-    while (from + step < n && bound(times, from + step, fT, other_fastest, right) >= time)
-        from += step, step *= 2;
-    int64_t lo = from, hi = from + step < n ? from + step : n;     /* bound(lo) >= time; hi: < time or n */
-    while (hi - lo > 1) {
-        int64_t mid = lo + (hi - lo) / 2;
-        if (bound(times, mid, fT, other_fastest, right) >= time)
-            lo = mid;
-        else
-            hi = mid;
-    }
-    return lo;
-}
-
 /* First index in [lo, acc->len) whose peak is >= peak. */
 static int64_t first_at_or_above(const Vec *acc, int64_t lo, int64_t peak) {
     int64_t hi = acc->len;
     while (lo < hi) {
         int64_t mid = (lo + hi) / 2;
-        if (acc->e[mid].peak >= peak)
+        if (acc->e[mid].p.peak >= peak)
             hi = mid;
         else
             lo = mid + 1;
@@ -203,7 +161,7 @@ static int64_t first_faster(const Vec *acc, int64_t lo, double time) {
     int64_t hi = acc->len;
     while (lo < hi) {
         int64_t mid = (lo + hi) / 2;
-        if (acc->e[mid].time < time)
+        if (acc->e[mid].p.time < time)
             hi = mid;
         else
             lo = mid + 1;
@@ -211,21 +169,158 @@ static int64_t first_faster(const Vec *acc, int64_t lo, double time) {
     return lo;
 }
 
+/* The last k in [from, n) for which ``holds`` (an expression in k) is true, galloping from ``from``
+ * (where it is true; it stays true up to some k, then false).  A macro, so that each test is inlined. */
+#define LAST_HOLDING(result, from, n, holds)                                                \
+    do {                                                                                   \
+        int64_t good_ = (from), step_ = 1, bad_, k;                                        \
+        while ((k = good_ + step_) < (n) && (holds))                                       \
+            good_ = k, step_ *= 2;                                                         \
+        bad_ = k < (n) ? k : (n);                                                          \
+        while (bad_ - good_ > 1) {                                                         \
+            k = good_ + (bad_ - good_) / 2;                                                \
+            if (holds)                                                                     \
+                good_ = k;                                                                 \
+            else                                                                           \
+                bad_ = k;                                                                  \
+        }                                                                                  \
+        (result) = good_;                                                                  \
+    } while (0)
+
+/* A walk's place on the staircase: its last entry at or under the level (below), the next one's peak
+ * and the time there. */
+typedef struct {
+    const Entry *e;
+    int64_t len, below, next;
+    double time;
+} AccCursor;
+
+static inline void acc_to(AccCursor *at, int64_t level) {
+    if (at->next > level)
+        return;
+    const Entry *e = at->e;
+    LAST_HOLDING(at->below, at->below + 1, at->len, e[k].p.peak <= level);
+    at->time = e[at->below].p.time;
+    at->next = at->below + 1 < at->len ? e[at->below + 1].p.peak : INT64_MAX;
+}
+
+/* One side of a split: a child's frontier (m entries), what the parent adds to its peaks to make levels,
+ * and its sketch: s = min(m, SKETCH) of its entries, the k-th at index k(m-1)/(s-1). */
+typedef struct {
+    const Point *x;
+    int64_t m, shift;
+    const Point *sk;
+    int64_t s;
+} Side;
+
+static inline int64_t level_of(const Side *side, int64_t k) { return side->x[k].peak + side->shift; }
+
+static inline int64_t next_level(const Side *side, int64_t k) {
+    return k + 1 < side->m ? side->x[k + 1].peak + side->shift : INT64_MAX;
+}
+
+static inline int64_t sketch_index(const Side *side, int64_t k) {
+    return side->s > 1 ? k * (side->m - 1) / (side->s - 1) : 0;
+}
+
+/* No entry from sketch point k's up to (not including) point k + 1's is faster than this: point k + 1's
+ * time, or point k's own where no entry lies between them. */
+static inline double sketch_floor(const Side *side, int64_t k) {
+    if (k + 1 >= side->s || sketch_index(side, k + 1) - sketch_index(side, k) == 1)
+        return side->sk[k].time;
+    return side->sk[k + 1].time;
+}
+
+/* Last sketch point at or under the level (-1 if none). */
+static inline int64_t sketch_below(const Side *side, int64_t level) {
+    int64_t k = -1;
+    while (k + 1 < side->s && side->sk[k + 1].peak + side->shift <= level)
+        k++;
+    return k;
+}
+
+/* Last entry at or under the level (-1 if none), searched between the sketch points around it only. */
+static int64_t entry_below(const Side *side, int64_t level) {
+    const int64_t k = sketch_below(side, level);
+    if (k < 0)
+        return -1;
+    const int64_t lo = sketch_index(side, k), hi = k + 1 < side->s ? sketch_index(side, k + 1) : side->m;
+    return lo + last_at_or_below(side->x + lo, hi - lo, level - side->shift);
+}
+
+/* Last entry at or under the level, galloping from entry ``from`` (which is at or under it). */
+static inline int64_t entry_below_from(const Side *side, int64_t from, int64_t level) {
+    int64_t found;
+    LAST_HOLDING(found, from, side->m, level_of(side, k) <= level);
+    return found;
+}
+
+/* The least level from ``level`` up to ``top`` at which some pair of the split may be faster than the
+ * staircase, judged from the sketches alone: between two sketch levels no pair is faster than the sum of
+ * the sides' sketch floors, and the staircase is at its slowest at the first.  INT64_MAX if none. */
+static int64_t first_open_level(const Side *r, const Side *l, double fT, int64_t level, int64_t top,
+                                AccCursor *at) {
+    int64_t kr = sketch_below(r, level), kl = sketch_below(l, level);
+    while (level <= top) {
+        acc_to(at, level);
+        if ((fT + sketch_floor(r, kr)) + sketch_floor(l, kl) < at->time)
+            return level;
+        const int64_t next_r = kr + 1 < r->s ? r->sk[kr + 1].peak + r->shift : INT64_MAX;
+        const int64_t next_l = kl + 1 < l->s ? l->sk[kl + 1].peak + l->shift : INT64_MAX;
+        if (next_r == INT64_MAX && next_l == INT64_MAX)
+            break;
+        kr += next_r <= next_l, kl += next_l <= next_r;
+        level = min64(next_r, next_l);
+    }
+    return INT64_MAX;
+}
+
+/* The walk's pair (i, j) is no faster than ``time``, the staircase's time at its level.  Pair times fall
+ * as levels rise and the staircase's time never rises, so every later level whose pair is still no
+ * faster than ``time`` is dominated too: move (i, j) to the last such pair, first along the right side
+ * at a gallop (the left following each probe's level), then along the left below the right's next
+ * level. */
+static void skip_dominated(const Side *r, const Side *l, double fT, int64_t top, double time, int64_t *pi,
+                           int64_t *pj) {
+    int64_t good = *pi, j = *pj, bad = r->m, step = 1;
+    while (good + step < r->m) {                   /* gallop; j: the left's entry at good's level */
+        const int64_t k = good + step, level = level_of(r, k);
+        const int64_t jk = level <= top ? entry_below_from(l, j, level) : -1;
+        if (jk < 0 || (fT + r->x[k].time) + l->x[jk].time < time) {
+            bad = k;
+            break;
+        }
+        good = k, j = jk, step *= 2;
+    }
+    while (bad - good > 1) {                       /* bisect, the left searched from good's entry on */
+        const int64_t k = good + (bad - good) / 2, level = level_of(r, k);
+        const int64_t jk = level <= top ? entry_below_from(l, j, level) : -1;
+        if (jk < 0 || (fT + r->x[k].time) + l->x[jk].time < time)
+            bad = k;
+        else
+            good = k, j = jk;
+    }
+    const int64_t next_r = next_level(r, good);
+    const double with_right = fT + r->x[good].time;
+    LAST_HOLDING(j, j, l->m, level_of(l, k) < next_r && level_of(l, k) <= top && with_right + l->x[k].time >= time);
+    *pi = good, *pj = j;
+}
+
 /* acc := staircase of acc ∪ cand, where no cand entry is dominated by acc (split_candidates checks).
  * Only acc's window [i0, i1) can change: entries below cand's least peak stay, and so do entries faster
  * than cand's fastest; the window is merged with cand and the tail moved. */
 static int merge(Ctx *C) {
     Vec *acc = &C->acc, *cand = &C->cand, *tmp = &C->tmp;
-    const int64_t i0 = first_at_or_above(acc, 0, cand->e[0].peak);
-    const int64_t i1 = first_faster(acc, i0, cand->e[cand->len - 1].time);
+    const int64_t i0 = first_at_or_above(acc, 0, cand->e[0].p.peak);
+    const int64_t i1 = first_faster(acc, i0, cand->e[cand->len - 1].p.time);
     if (reserve(tmp, (i1 - i0) + cand->len) || reserve(acc, acc->len + cand->len))
         return -1;
     tmp->len = 0;
     int64_t i = i0, j = 0;
     while (i < i1 || j < cand->len) {
-        const Entry *e = (j >= cand->len || (i < i1 && acc->e[i].peak <= cand->e[j].peak)) ? &acc->e[i++]
-                                                                                         : &cand->e[j++];
-        push(tmp, e->peak, e->time, e->split, e->right, e->left);
+        const Entry *e = (j >= cand->len || (i < i1 && acc->e[i].p.peak <= cand->e[j].p.peak)) ? &acc->e[i++]
+                                                                                             : &cand->e[j++];
+        push(tmp, e->p.peak, e->p.time, e->split, e->right, e->left);
     }
     memmove(acc->e + i0 + tmp->len, acc->e + i1, (size_t)(acc->len - i1) * sizeof(Entry));
     memcpy(acc->e + i0, tmp->e, (size_t)tmp->len * sizeof(Entry));
@@ -233,83 +328,83 @@ static int merge(Ctx *C) {
     return 0;
 }
 
+/* A built key's frontier as one side of a split, its levels shifted by ``shift``. */
+static Side side_of(const Ctx *C, int64_t key, int64_t shift) {
+    const int64_t m = C->size[key];
+    return (Side){C->points + C->start[key], m, shift, C->sketch + C->sketch_at[key], m < SKETCH ? m : SKETCH};
+}
+
 /* The candidates of the checkpoint split at c, into cand: x_a saved, stages a+1..c forwarded
  * (forward peak ``fp``), right solved holding ``cur``, then left (its peaks relative to G[c]). */
 static int split_candidates(Ctx *C, int a, int b, int c, int pinned, int pending, int64_t cur, int64_t fp,
                             int64_t cap) {
     const int64_t kr = key_of(C, c, b, 0, pending), kl = key_of(C, a, c, pinned, 0);
-    const int64_t nr = C->size[kr], nl = C->size[kl];
     C->cand.len = 0;
     if (C->start[kr] < 0 || C->start[kl] < 0)
         return -2;                                   /* a child not built: an ordering bug */
-    if (!nr || !nl)
+    if (!C->size[kr] || !C->size[kl])
         return 0;
     const double fT = C->Fsum[c] - C->Fsum[a];
     const int64_t g = C->G[c] - C->G[b];
-    {   /* from the children's corners alone (no frontier touched, often out of cache): every pair peaks at
-         * or above the least level and is no faster than both sides' fastest; dominated if the staircase
-         * is already that fast there */
-        const int64_t least = max64(max64(C->first_peak[kr] + cur, C->first_peak[kl] + g), fp);
-        if (least > cap || reach(&C->acc, (fT + C->last_time[kr]) + C->last_time[kl]) <= least)
-            return 0;
-    }
-    const int64_t *Rp = C->peaks + C->start[kr], *Lp = C->peaks + C->start[kl];
-    const double *Rt = C->times + C->start[kr], *Lt = C->times + C->start[kl];
-    /* the split's fastest within the cap: each side's last entry whose level fits */
-    const int64_t r_top = last_at_or_below(Rp, nr, cap - cur), l_top = last_at_or_below(Lp, nl, cap - g);
+    /* from the children's corners alone (two small arrays): every pair peaks at or above the least level
+     * and is no faster than both sides' fastest; dominated if the staircase is already that fast there */
+    int64_t peak = max64(max64(C->first_peak[kr] + cur, C->first_peak[kl] + g), fp);
+    if (peak > cap || reach(&C->acc, (fT + C->last_time[kr]) + C->last_time[kl]) <= peak)
+        return 0;
+    const Side R = side_of(C, kr, cur), L = side_of(C, kl, g);
+    /* the split's fastest within the cap: each side's last entry whose level fits; levels above the least
+     * where the staircase is that fast are dominated */
+    const int64_t r_top = R.sk[R.s - 1].peak + cur <= cap ? R.m - 1 : entry_below(&R, cap);
+    const int64_t l_top = L.sk[L.s - 1].peak + g <= cap ? L.m - 1 : entry_below(&L, cap);
     if (r_top < 0 || l_top < 0)
         return 0;
-    const int64_t stop = reach(&C->acc, (fT + Rt[r_top]) + Lt[l_top]);
-    const int64_t top = cap < stop - 1 ? cap : stop - 1;          /* levels above are dropped or dominated */
-    if (reserve(&C->cand, nr + nl))
-        return -1;
-    const Entry *acc = C->acc.e;
+    const int64_t top = min64(cap, reach(&C->acc, (fT + R.x[r_top].time) + L.x[l_top].time) - 1);
     const int64_t acc_len = C->acc.len;
+    AccCursor at = {C->acc.e, acc_len, first_at_or_above(&C->acc, 0, peak + 1) - 1, 0, INFINITY};
+    at.next = at.below + 1 < acc_len ? at.e[at.below + 1].p.peak : INT64_MAX;
+    at.time = at.below >= 0 ? at.e[at.below].p.time : INFINITY;
+    if ((peak = first_open_level(&R, &L, fT, peak, top, &at)) > top)
+        return 0;
+    if (reserve(&C->cand, R.m + L.m))
+        return -1;
     /* (i, j): each side's last entry at or under the level, i.e. the fastest pair there */
-    int64_t peak = max64(max64(Rp[0] + cur, Lp[0] + g), fp);
-    int64_t i = last_from(Rp, nr, 0, peak - cur), j = last_from(Lp, nl, 0, peak - g);
-    AccCursor at = {acc, acc_len, first_at_or_above(&C->acc, 0, peak + 1) - 1, 0, INFINITY};
-    at.next = at.below + 1 < acc_len ? acc[at.below + 1].peak : INT64_MAX;
-    at.time = at.below >= 0 ? acc[at.below].time : INFINITY;
+    int64_t i = entry_below(&R, peak), j = entry_below(&L, peak);
     while (peak <= top) {
         acc_to(&at, peak);
-        /* Levels only rise and acc's time only falls with them, so when right entry i with left's fastest
-         * is no faster than acc here, every later pair with this i is dominated: run right on past all
-         * such entries, then bring left up to the level at a gallop; likewise for left with right's
-         * fastest. */
-        if ((fT + Rt[i]) + Lt[l_top] >= at.time) {
-            do {
-                i = ruled_out_to(Rt, nr, i, fT, Lt[l_top], 1, at.time);
-                if (++i >= nr || (peak = Rp[i] + cur) > top)
-                    return 0;
-                acc_to(&at, peak);
-            } while ((fT + Rt[i]) + Lt[l_top] >= at.time);
-            j = last_from(Lp, nl, j, peak - g);
-            continue;
-        }
-        if ((fT + Rt[r_top]) + Lt[j] >= at.time) {
-            do {
-                j = ruled_out_to(Lt, nl, j, fT, Rt[r_top], 0, at.time);
-                if (++j >= nl || (peak = Lp[j] + g) > top)
-                    return 0;
-                acc_to(&at, peak);
-            } while ((fT + Rt[r_top]) + Lt[j] >= at.time);
-            i = last_from(Rp, nr, i, peak - cur);
-            continue;
-        }
-        const double time = (fT + Rt[i]) + Lt[j];
-        if (time < at.time)                                        /* else acc dominates it */
+        const double time = (fT + R.x[i].time) + L.x[j].time;
+        if (time < at.time)
             push(&C->cand, peak, time, c - a, (int32_t)i, (int32_t)j);
-        const int64_t next_r = i + 1 < nr ? Rp[i + 1] + cur : INT64_MAX;
-        const int64_t next_l = j + 1 < nl ? Lp[j + 1] + g : INT64_MAX;
+        else
+            skip_dominated(&R, &L, fT, top, at.time, &i, &j);
+        const int64_t next_r = next_level(&R, i), next_l = next_level(&L, j);
         if (next_r == INT64_MAX && next_l == INT64_MAX)
             break;
-        if (next_r <= next_l)
-            i++;
-        if (next_l <= next_r)
-            j++;
-        peak = next_r < next_l ? next_r : next_l;
+        i += next_r <= next_l, j += next_l <= next_r;
+        peak = min64(next_r, next_l);
     }
+    return 0;
+}
+
+/* Copy the staircase built for ``key`` into the pool, with its sketch and corners. */
+static int store(Ctx *C, int64_t key) {
+    const Vec *acc = &C->acc;
+    const int64_t m = acc->len, s = m < SKETCH ? m : SKETCH;
+    int64_t cap = C->sketch_cap;
+    if (reserve_pool(C, C->pool_len + m) || grow((void **)&C->sketch, &cap, C->sketch_len + s, sizeof(Point)))
+        return -1;
+    C->sketch_cap = cap;
+    for (int64_t k = 0; k < m; k++) {
+        const Entry *e = &acc->e[k];
+        C->points[C->pool_len + k] = e->p;
+        C->choice[C->pool_len + k][0] = e->split, C->choice[C->pool_len + k][1] = e->right;
+        C->choice[C->pool_len + k][2] = e->left;
+    }
+    for (int64_t k = 0; k < s; k++)
+        C->sketch[C->sketch_len + k] = acc->e[s > 1 ? k * (m - 1) / (s - 1) : 0].p;
+    C->start[key] = C->pool_len, C->size[key] = m, C->sketch_at[key] = C->sketch_len;
+    if (m)
+        C->first_peak[key] = acc->e[0].p.peak, C->last_time[key] = acc->e[m - 1].p.time;
+    C->pool_len += m, C->sketch_len += s;
     return 0;
 }
 
@@ -328,9 +423,8 @@ static int build(Ctx *C, int a, int b, int pinned, int pending) {
         const int64_t peak = pending ? max64(cur + C->loss_transient, X[b] + C->L) : base + cur;
         if (reserve(acc, 1))
             return -1;
-        const double time = pending ? C->loss_time : 0.0;
         if (peak <= cap)
-            push(acc, peak, time, 0, 0, 0);
+            push(acc, peak, pending ? C->loss_time : 0.0, 0, 0, 0);
     } else {
         const int i = a + 1;
         const int64_t held = (C->kin[i] ? cur : 0) + C->own[i] + (C->kout[i] ? X[i] : 0);
@@ -339,15 +433,14 @@ static int build(Ctx *C, int a, int b, int pinned, int pending) {
         const int64_t kt = key_of(C, i, b, C->kout[i], pending);
         if (C->start[kt] < 0)
             return -2;
-        const int64_t *Tp = C->peaks + C->start[kt];
-        const double *Tt = C->times + C->start[kt];
+        const Point *tape = C->points + C->start[kt];
         if (reserve(acc, C->size[kt] + 1))
             return -1;
         for (int64_t k = 0; k < C->size[kt]; k++) {
-            const int64_t peak = max64(notes, held + Tp[k]);
+            const int64_t peak = max64(notes, held + tape[k].peak);
             if (peak > cap)
                 break;
-            push(acc, peak, Tt[k] + C->tape_time[i], 0, (int32_t)k, 0);
+            push(acc, peak, tape[k].time + C->tape_time[i], 0, (int32_t)k, 0);
         }
         const int last = pending ? b : b - 1;        /* c = b = n: checkpoint, forward to n, then the loss */
         int64_t forward = C->f[a + 1];
@@ -363,26 +456,14 @@ static int build(Ctx *C, int a, int b, int pinned, int pending) {
     }
     if (C->first_only && acc->len > 1)
         acc->len = 1;
-    if (reserve_pool(C, C->pool_len + acc->len))
-        return -1;
-    for (int64_t k = 0; k < acc->len; k++) {
-        const Entry *e = &acc->e[k];
-        const int64_t at = C->pool_len + k;
-        C->peaks[at] = e->peak, C->times[at] = e->time;
-        C->choice[at][0] = e->split, C->choice[at][1] = e->right, C->choice[at][2] = e->left;
-    }
-    C->start[key] = C->pool_len;
-    C->size[key] = acc->len;
-    if (acc->len)
-        C->first_peak[key] = acc->e[0].peak, C->last_time[key] = acc->e[acc->len - 1].time;
-    C->pool_len += acc->len;
-    return 0;
+    return store(C, key);
 }
 
 void ckpt_frontier_free(Ctx *C) {
     if (!C)
         return;
-    free(C->peaks), free(C->times), free(C->choice), free(C->acc.e), free(C->cand.e), free(C->tmp.e);
+    free(C->points), free(C->choice), free(C->sketch), free(C->sketch_at);
+    free(C->acc.e), free(C->cand.e), free(C->tmp.e);
     free(C);
 }
 
@@ -392,7 +473,8 @@ Ctx *ckpt_frontier_solve(int n, const int64_t *X, const int64_t *f, const int64_
                          const uint8_t *kout, const int64_t *own, const double *tape_time, const double *Fsum,
                          const int64_t *G, const int64_t *untaped, int64_t L, int64_t loss_transient,
                          double loss_time, const int32_t *content, const int64_t *cap, int first_only,
-                         int64_t *start, int64_t *size, int64_t *first_peak, double *last_time, int *error) {
+                         int64_t keys, int64_t *start, int64_t *size, int64_t *first_peak, double *last_time,
+                         int *error) {
     Ctx *C = calloc(1, sizeof(Ctx));
     *error = -1;
     if (!C)
@@ -402,6 +484,10 @@ Ctx *ckpt_frontier_solve(int n, const int64_t *X, const int64_t *f, const int64_
     C->loss_transient = loss_transient, C->loss_time = loss_time, C->content = content, C->cap = cap;
     C->first_only = first_only, C->start = start, C->size = size;
     C->first_peak = first_peak, C->last_time = last_time;
+    if (!(C->sketch_at = calloc((size_t)keys, sizeof(int64_t)))) {
+        ckpt_frontier_free(C);
+        return NULL;
+    }
     for (int b = 0; b <= n; b++) {                /* (a, b) needs (c, b) for c > a and (a, c) for c < b: */
         for (int a = b; a >= 0; a--) {           /* the right children are the ones just built, in cache */
             for (int pending = 0; pending <= (b == n); pending++) {      /* (a, n) before (a, n, pending) */
@@ -422,7 +508,7 @@ Ctx *ckpt_frontier_solve(int n, const int64_t *X, const int64_t *f, const int64_
 
 /* Copy ``count`` pool entries from ``start``: peaks, times and (split, right, left) triples. */
 void ckpt_frontier_read(const Ctx *C, int64_t start, int64_t count, int64_t *peaks, double *times, int32_t *choice) {
-    memcpy(peaks, C->peaks + start, (size_t)count * sizeof(int64_t));
-    memcpy(times, C->times + start, (size_t)count * sizeof(double));
+    for (int64_t k = 0; k < count; k++)
+        peaks[k] = C->points[start + k].peak, times[k] = C->points[start + k].time;
     memcpy(choice, C->choice + start, (size_t)count * sizeof(*C->choice));
 }

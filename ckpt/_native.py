@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 SOURCE = Path(__file__).with_name("_frontier.c")
-ABI = 6                                        # CKPT_FRONTIER_ABI in the source
+ABI = 7                                        # CKPT_FRONTIER_ABI in the source
 FLAGS = ["-O2", "-shared", "-fPIC", "-std=c99"]
 ENGINES = ("auto", "native", "numpy")
 
@@ -71,7 +71,7 @@ def _declare(lib) -> None:
     lib.ckpt_frontier_solve.restype = ctypes.c_void_p
     lib.ckpt_frontier_solve.argtypes = [ctypes.c_int, _i64, _i64, _i64, _u8, _u8, _i64, _f64, _f64, _i64, _i64,
                                         ctypes.c_int64, ctypes.c_int64, ctypes.c_double, _i32, _i64, ctypes.c_int,
-                                        _i64, _i64, _i64, _f64, ctypes.POINTER(ctypes.c_int)]
+                                        ctypes.c_int64, _i64, _i64, _i64, _f64, ctypes.POINTER(ctypes.c_int)]
     lib.ckpt_frontier_read.restype = None
     lib.ckpt_frontier_read.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, _i64, _f64, _i32]
     lib.ckpt_frontier_free.restype = None

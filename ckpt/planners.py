@@ -354,7 +354,7 @@ class _Planner:
             np.array(self.kout, dtype=np.uint8), as64(self.own),
             np.array([F + B for F, B in zip(self.F, self.Bt)], dtype=np.float64),
             np.ascontiguousarray(self.Fsum, dtype=np.float64), as64(self.Gnp), as64(self.untaped),
-            self.L, self.loss_transient, self.loss_time, content, cap, int(self.first_only),
+            self.L, self.loss_transient, self.loss_time, content, cap, int(self.first_only), 4 * ids,
             start, size, np.zeros(4 * ids, dtype=np.int64), np.zeros(4 * ids, dtype=np.float64), ctypes.byref(error))
         if not handle:
             raise (MemoryError if error.value == -1 else RuntimeError)(
