@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CKPT_FRONTIER_ABI 7
+#define CKPT_FRONTIER_ABI 8
 #define SKETCH 16                    /* entries per sketch: 4 cache lines */
 
 typedef struct {
@@ -34,21 +34,17 @@ typedef struct {
 } Point;
 
 typedef struct {
-    Point p;
-    int32_t split, right, left;
-} Entry;
-
-typedef struct {
-    Entry *e;
+    Point *e;
     int64_t len, cap;
 } Vec;
 
-typedef struct {             /* the caller's arrays are read during ckpt_frontier_solve only */
+typedef struct {             /* copies of the caller's arrays, but ``cap``: read during ckpt_frontier_solve only */
     int n;
-    const int64_t *X, *f, *r, *own, *G, *untaped, *cap;
-    const uint8_t *kin, *kout;
-    const double *tape_time, *Fsum;
-    const int32_t *content;
+    int64_t *X, *f, *r, *own, *G, *untaped;
+    const int64_t *cap;
+    uint8_t *kin, *kout;
+    double *tape_time, *Fsum;
+    int32_t *content;
     int64_t L, loss_transient;
     double loss_time;
     int first_only;
@@ -57,7 +53,6 @@ typedef struct {             /* the caller's arrays are read during ckpt_frontie
     double *last_time;
     Vec acc, cand, tmp;
     Point *points;               /* the pool: every built frontier, entry after entry */
-    int32_t (*choice)[3];        /* and how each entry is built: split, right, left */
     int64_t pool_len, pool_cap;
     Point *sketch;               /* per built key, from sketch_at: min(entries, SKETCH) of its entries */
     int64_t *sketch_at, sketch_len, sketch_cap;
@@ -80,18 +75,7 @@ static int grow(void **array, int64_t *cap, int64_t need, size_t size) {
     return 0;
 }
 
-static int reserve(Vec *v, int64_t need) { return grow((void **)&v->e, &v->cap, need, sizeof(Entry)); }
-
-static int reserve_pool(Ctx *C, int64_t need) {
-    int64_t cap = C->pool_cap;
-    if (grow((void **)&C->points, &cap, need, sizeof(Point)))
-        return -1;
-    cap = C->pool_cap;
-    if (grow((void **)&C->choice, &cap, need, sizeof(*C->choice)))
-        return -1;
-    C->pool_cap = cap;
-    return 0;
-}
+static int reserve(Vec *v, int64_t need) { return grow((void **)&v->e, &v->cap, need, sizeof(Point)); }
 
 static inline int64_t max64(int64_t x, int64_t y) { return x > y ? x : y; }
 
@@ -99,17 +83,17 @@ static inline int64_t min64(int64_t x, int64_t y) { return x < y ? x : y; }
 
 /* Append in rising-peak order, keeping a staircase: an entry no faster than the last is dropped;
  * a faster one at the last one's peak replaces it.  Room must be reserved. */
-static inline void push(Vec *v, int64_t peak, double time, int32_t split, int32_t right, int32_t left) {
+static inline void push(Vec *v, int64_t peak, double time) {
     if (v->len) {
-        Entry *last = &v->e[v->len - 1];
-        if (time >= last->p.time)
+        Point *last = &v->e[v->len - 1];
+        if (time >= last->time)
             return;
-        if (peak == last->p.peak) {
-            last->p.time = time, last->split = split, last->right = right, last->left = left;
+        if (peak == last->peak) {
+            last->time = time;
             return;
         }
     }
-    v->e[v->len++] = (Entry){{peak, time}, split, right, left};
+    v->e[v->len++] = (Point){peak, time};
 }
 
 static inline int64_t key_of(const Ctx *C, int a, int b, int pinned, int pending) {
@@ -122,12 +106,12 @@ static int64_t reach(const Vec *acc, double time) {
     int64_t lo = 0, hi = acc->len;              /* times fall along the staircase */
     while (lo < hi) {
         int64_t mid = (lo + hi) / 2;
-        if (acc->e[mid].p.time <= time)
+        if (acc->e[mid].time <= time)
             hi = mid;
         else
             lo = mid + 1;
     }
-    return lo < acc->len ? acc->e[lo].p.peak : INT64_MAX;
+    return lo < acc->len ? acc->e[lo].peak : INT64_MAX;
 }
 
 /* Last index in [0, n) whose peak is <= level (-1 if none); peaks rise. */
@@ -148,7 +132,7 @@ static int64_t first_at_or_above(const Vec *acc, int64_t lo, int64_t peak) {
     int64_t hi = acc->len;
     while (lo < hi) {
         int64_t mid = (lo + hi) / 2;
-        if (acc->e[mid].p.peak >= peak)
+        if (acc->e[mid].peak >= peak)
             hi = mid;
         else
             lo = mid + 1;
@@ -161,7 +145,7 @@ static int64_t first_faster(const Vec *acc, int64_t lo, double time) {
     int64_t hi = acc->len;
     while (lo < hi) {
         int64_t mid = (lo + hi) / 2;
-        if (acc->e[mid].p.time < time)
+        if (acc->e[mid].time < time)
             hi = mid;
         else
             lo = mid + 1;
@@ -190,7 +174,7 @@ static int64_t first_faster(const Vec *acc, int64_t lo, double time) {
 /* A walk's place on the staircase: its last entry at or under the level (below), the next one's peak
  * and the time there. */
 typedef struct {
-    const Entry *e;
+    const Point *e;
     int64_t len, below, next;
     double time;
 } AccCursor;
@@ -198,10 +182,10 @@ typedef struct {
 static inline void acc_to(AccCursor *at, int64_t level) {
     if (at->next > level)
         return;
-    const Entry *e = at->e;
-    LAST_HOLDING(at->below, at->below + 1, at->len, e[k].p.peak <= level);
-    at->time = e[at->below].p.time;
-    at->next = at->below + 1 < at->len ? e[at->below + 1].p.peak : INT64_MAX;
+    const Point *e = at->e;
+    LAST_HOLDING(at->below, at->below + 1, at->len, e[k].peak <= level);
+    at->time = e[at->below].time;
+    at->next = at->below + 1 < at->len ? e[at->below + 1].peak : INT64_MAX;
 }
 
 /* One side of a split: a child's frontier (m entries), what the parent adds to its peaks to make levels,
@@ -311,19 +295,18 @@ static void skip_dominated(const Side *r, const Side *l, double fT, int64_t top,
  * than cand's fastest; the window is merged with cand and the tail moved. */
 static int merge(Ctx *C) {
     Vec *acc = &C->acc, *cand = &C->cand, *tmp = &C->tmp;
-    const int64_t i0 = first_at_or_above(acc, 0, cand->e[0].p.peak);
-    const int64_t i1 = first_faster(acc, i0, cand->e[cand->len - 1].p.time);
+    const int64_t i0 = first_at_or_above(acc, 0, cand->e[0].peak);
+    const int64_t i1 = first_faster(acc, i0, cand->e[cand->len - 1].time);
     if (reserve(tmp, (i1 - i0) + cand->len) || reserve(acc, acc->len + cand->len))
         return -1;
     tmp->len = 0;
     int64_t i = i0, j = 0;
     while (i < i1 || j < cand->len) {
-        const Entry *e = (j >= cand->len || (i < i1 && acc->e[i].p.peak <= cand->e[j].p.peak)) ? &acc->e[i++]
-                                                                                             : &cand->e[j++];
-        push(tmp, e->p.peak, e->p.time, e->split, e->right, e->left);
+        const Point *e = (j >= cand->len || (i < i1 && acc->e[i].peak <= cand->e[j].peak)) ? &acc->e[i++] : &cand->e[j++];
+        push(tmp, e->peak, e->time);
     }
-    memmove(acc->e + i0 + tmp->len, acc->e + i1, (size_t)(acc->len - i1) * sizeof(Entry));
-    memcpy(acc->e + i0, tmp->e, (size_t)tmp->len * sizeof(Entry));
+    memmove(acc->e + i0 + tmp->len, acc->e + i1, (size_t)(acc->len - i1) * sizeof(Point));
+    memcpy(acc->e + i0, tmp->e, (size_t)tmp->len * sizeof(Point));
     acc->len += tmp->len - (i1 - i0);
     return 0;
 }
@@ -361,8 +344,8 @@ static int split_candidates(Ctx *C, int a, int b, int c, int pinned, int pending
     const int64_t top = min64(cap, reach(&C->acc, (fT + R.x[r_top].time) + L.x[l_top].time) - 1);
     const int64_t acc_len = C->acc.len;
     AccCursor at = {C->acc.e, acc_len, first_at_or_above(&C->acc, 0, peak + 1) - 1, 0, INFINITY};
-    at.next = at.below + 1 < acc_len ? at.e[at.below + 1].p.peak : INT64_MAX;
-    at.time = at.below >= 0 ? at.e[at.below].p.time : INFINITY;
+    at.next = at.below + 1 < acc_len ? at.e[at.below + 1].peak : INT64_MAX;
+    at.time = at.below >= 0 ? at.e[at.below].time : INFINITY;
     if ((peak = first_open_level(&R, &L, fT, peak, top, &at)) > top)
         return 0;
     if (reserve(&C->cand, R.m + L.m))
@@ -373,7 +356,7 @@ static int split_candidates(Ctx *C, int a, int b, int c, int pinned, int pending
         acc_to(&at, peak);
         const double time = (fT + R.x[i].time) + L.x[j].time;
         if (time < at.time)
-            push(&C->cand, peak, time, c - a, (int32_t)i, (int32_t)j);
+            push(&C->cand, peak, time);
         else
             skip_dominated(&R, &L, fT, top, at.time, &i, &j);
         const int64_t next_r = next_level(&R, i), next_l = next_level(&L, j);
@@ -389,23 +372,43 @@ static int split_candidates(Ctx *C, int a, int b, int c, int pinned, int pending
 static int store(Ctx *C, int64_t key) {
     const Vec *acc = &C->acc;
     const int64_t m = acc->len, s = m < SKETCH ? m : SKETCH;
-    int64_t cap = C->sketch_cap;
-    if (reserve_pool(C, C->pool_len + m) || grow((void **)&C->sketch, &cap, C->sketch_len + s, sizeof(Point)))
+    if (grow((void **)&C->points, &C->pool_cap, C->pool_len + m, sizeof(Point))
+        || grow((void **)&C->sketch, &C->sketch_cap, C->sketch_len + s, sizeof(Point)))
         return -1;
-    C->sketch_cap = cap;
-    for (int64_t k = 0; k < m; k++) {
-        const Entry *e = &acc->e[k];
-        C->points[C->pool_len + k] = e->p;
-        C->choice[C->pool_len + k][0] = e->split, C->choice[C->pool_len + k][1] = e->right;
-        C->choice[C->pool_len + k][2] = e->left;
-    }
+    memcpy(C->points + C->pool_len, acc->e, (size_t)m * sizeof(Point));
     for (int64_t k = 0; k < s; k++)
-        C->sketch[C->sketch_len + k] = acc->e[s > 1 ? k * (m - 1) / (s - 1) : 0].p;
+        C->sketch[C->sketch_len + k] = acc->e[s > 1 ? k * (m - 1) / (s - 1) : 0];
     C->start[key] = C->pool_len, C->size[key] = m, C->sketch_at[key] = C->sketch_len;
     if (m)
-        C->first_peak[key] = acc->e[0].p.peak, C->last_time[key] = acc->e[m - 1].p.time;
+        C->first_peak[key] = acc->e[0].peak, C->last_time[key] = acc->e[m - 1].time;
     C->pool_len += m, C->sketch_len += s;
     return 0;
+}
+
+/* A sub-problem (a, b): x_a's bytes unless pinned (cur), what its end holds (base: x_b and the loss
+ * value once the loss has run), and its tape option: what the tape holds beside its child (held), the
+ * least peak the option has (notes), and the child's key. */
+typedef struct {
+    int64_t cur, base, held, notes, child;
+} Sub;
+
+static Sub sub_of(const Ctx *C, int a, int b, int pinned, int pending) {
+    const int64_t *X = C->X, *G = C->G;
+    const int i = a + 1;
+    Sub sub = {pinned ? 0 : X[a], pending ? 0 : X[b] + C->L, 0, 0, -1};
+    if (a < b) {
+        sub.held = (C->kin[i] ? sub.cur : 0) + C->own[i] + (C->kout[i] ? X[i] : 0);
+        sub.notes = max64(max64(sub.base + sub.cur + C->f[i], sub.held + X[i] + G[i] - G[b] + C->r[i] + C->L),
+                          X[a] + G[a] - G[b] + C->L);
+        sub.child = key_of(C, i, b, C->kout[i], pending);
+    }
+    return sub;
+}
+
+/* The forward peak of checkpoint split c: x_a's and the stages' a+1..c run from it, by ``forward``, the
+ * running maximum over the splits before (c = a + 1 starts it). */
+static inline int64_t forward_peak(const Ctx *C, int a, int c, int64_t forward) {
+    return c == a + 1 ? C->f[a + 1] : max64(forward, C->untaped[c]);
 }
 
 /* Build the frontier of sub-problem (a, b, pinned, pending) into the pool. */
@@ -415,39 +418,32 @@ static int build(Ctx *C, int a, int b, int pinned, int pending) {
     if (C->start[key] >= 0)
         return 0;                                    /* the same content was built already */
     const int64_t cap = C->cap[key / 4];
-    const int64_t *X = C->X, *G = C->G;
-    const int64_t base = pending ? 0 : X[b] + C->L, cur = pinned ? 0 : X[a];
+    const Sub sub = sub_of(C, a, b, pinned, pending);
     Vec *acc = &C->acc;
     acc->len = 0;
     if (a == b) {
-        const int64_t peak = pending ? max64(cur + C->loss_transient, X[b] + C->L) : base + cur;
+        const int64_t peak = pending ? max64(sub.cur + C->loss_transient, C->X[b] + C->L) : sub.base + sub.cur;
         if (reserve(acc, 1))
             return -1;
         if (peak <= cap)
-            push(acc, peak, pending ? C->loss_time : 0.0, 0, 0, 0);
+            push(acc, peak, pending ? C->loss_time : 0.0);
     } else {
-        const int i = a + 1;
-        const int64_t held = (C->kin[i] ? cur : 0) + C->own[i] + (C->kout[i] ? X[i] : 0);
-        const int64_t notes = max64(max64(base + cur + C->f[i], held + X[i] + G[i] - G[b] + C->r[i] + C->L),
-                                    X[a] + G[a] - G[b] + C->L);
-        const int64_t kt = key_of(C, i, b, C->kout[i], pending);
-        if (C->start[kt] < 0)
+        if (C->start[sub.child] < 0)
             return -2;
-        const Point *tape = C->points + C->start[kt];
-        if (reserve(acc, C->size[kt] + 1))
+        const Point *tape = C->points + C->start[sub.child];
+        if (reserve(acc, C->size[sub.child] + 1))
             return -1;
-        for (int64_t k = 0; k < C->size[kt]; k++) {
-            const int64_t peak = max64(notes, held + tape[k].peak);
+        for (int64_t k = 0; k < C->size[sub.child]; k++) {
+            const int64_t peak = max64(sub.notes, sub.held + tape[k].peak);
             if (peak > cap)
                 break;
-            push(acc, peak, tape[k].time + C->tape_time[i], 0, (int32_t)k, 0);
+            push(acc, peak, tape[k].time + C->tape_time[a + 1]);
         }
         const int last = pending ? b : b - 1;        /* c = b = n: checkpoint, forward to n, then the loss */
-        int64_t forward = C->f[a + 1];
+        int64_t forward = 0;
         for (int c = a + 1; c <= last; c++) {
-            if (c >= a + 2)
-                forward = max64(forward, C->untaped[c]);
-            int err = split_candidates(C, a, b, c, pinned, pending, cur, base + cur + forward, cap);
+            forward = forward_peak(C, a, c, forward);
+            int err = split_candidates(C, a, b, c, pinned, pending, sub.cur, sub.base + sub.cur + forward, cap);
             if (err)
                 return err;
             if (C->cand.len && merge(C))
@@ -458,17 +454,26 @@ static int build(Ctx *C, int a, int b, int pinned, int pending) {
         acc->len = 1;
     return store(C, key);
 }
-
 void ckpt_frontier_free(Ctx *C) {
     if (!C)
         return;
-    free(C->points), free(C->choice), free(C->sketch), free(C->sketch_at);
-    free(C->acc.e), free(C->cand.e), free(C->tmp.e);
+    free(C->X), free(C->f), free(C->r), free(C->own), free(C->G), free(C->untaped), free(C->kin), free(C->kout);
+    free(C->tape_time), free(C->Fsum), free(C->content);
+    free(C->points), free(C->sketch), free(C->sketch_at), free(C->acc.e), free(C->cand.e), free(C->tmp.e);
     free(C);
 }
 
-/* Every sub-problem's frontier, shortest first.  Returns a handle (read with ckpt_frontier_read,
- * released with ckpt_frontier_free), or NULL with *error set: -1 out of memory, -2 ordering bug. */
+/* A copy of ``count`` items of ``size`` bytes (NULL when out of memory). */
+static void *copy_of(const void *from, size_t count, size_t size) {
+    void *to = malloc(count * size);
+    if (to)
+        memcpy(to, from, count * size);
+    return to;
+}
+
+/* Every sub-problem's frontier, shortest first.  Returns a handle (read with ckpt_frontier_read and
+ * ckpt_frontier_choice, released with ckpt_frontier_free), or NULL with *error set: -1 out of memory,
+ * -2 ordering bug.  ``keys``: 4 × the number of content ids (the size of start, size, ...). */
 Ctx *ckpt_frontier_solve(int n, const int64_t *X, const int64_t *f, const int64_t *r, const uint8_t *kin,
                          const uint8_t *kout, const int64_t *own, const double *tape_time, const double *Fsum,
                          const int64_t *G, const int64_t *untaped, int64_t L, int64_t loss_transient,
@@ -479,12 +484,18 @@ Ctx *ckpt_frontier_solve(int n, const int64_t *X, const int64_t *f, const int64_
     *error = -1;
     if (!C)
         return NULL;
-    C->n = n, C->X = X, C->f = f, C->r = r, C->kin = kin, C->kout = kout, C->own = own;
-    C->tape_time = tape_time, C->Fsum = Fsum, C->G = G, C->untaped = untaped, C->L = L;
-    C->loss_transient = loss_transient, C->loss_time = loss_time, C->content = content, C->cap = cap;
+    const size_t stages = (size_t)n + 1, i64 = sizeof(int64_t);
+    C->n = n, C->L = L, C->loss_transient = loss_transient, C->loss_time = loss_time, C->cap = cap;
     C->first_only = first_only, C->start = start, C->size = size;
     C->first_peak = first_peak, C->last_time = last_time;
-    if (!(C->sketch_at = calloc((size_t)keys, sizeof(int64_t)))) {
+    C->X = copy_of(X, stages, i64), C->f = copy_of(f, stages, i64), C->r = copy_of(r, stages, i64);
+    C->own = copy_of(own, stages, i64), C->G = copy_of(G, stages, i64), C->untaped = copy_of(untaped, stages, i64);
+    C->kin = copy_of(kin, stages, 1), C->kout = copy_of(kout, stages, 1);
+    C->tape_time = copy_of(tape_time, stages, sizeof(double)), C->Fsum = copy_of(Fsum, stages, sizeof(double));
+    C->content = copy_of(content, stages * stages, sizeof(int32_t));
+    C->sketch_at = calloc((size_t)keys, i64);
+    if (!C->X || !C->f || !C->r || !C->own || !C->G || !C->untaped || !C->kin || !C->kout || !C->tape_time
+        || !C->Fsum || !C->content || !C->sketch_at) {
         ckpt_frontier_free(C);
         return NULL;
     }
@@ -502,13 +513,47 @@ Ctx *ckpt_frontier_solve(int n, const int64_t *X, const int64_t *f, const int64_
             }
         }
     }
+    C->cap = NULL;
     *error = 0;
     return C;
 }
 
-/* Copy ``count`` pool entries from ``start``: peaks, times and (split, right, left) triples. */
-void ckpt_frontier_read(const Ctx *C, int64_t start, int64_t count, int64_t *peaks, double *times, int32_t *choice) {
+/* Copy ``count`` pool entries from ``start``: peaks and times. */
+void ckpt_frontier_read(const Ctx *C, int64_t start, int64_t count, int64_t *peaks, double *times) {
     for (int64_t k = 0; k < count; k++)
         peaks[k] = C->points[start + k].peak, times[k] = C->points[start + k].time;
-    memcpy(choice, C->choice + start, (size_t)count * sizeof(*C->choice));
+}
+
+/* How entry k of sub-problem (a, b) (a < b) is built, into choice: (0, child entry, 0) for the tape
+ * option, (c - a, right entry, left entry) for a checkpoint at c.  Choices are not stored: the entry's
+ * option is the first (tape, then c rising) whose pair at the entry's peak takes exactly its time
+ * (that pair peaks there too: a lower peak with the same time would be the frontier's entry instead).
+ * Returns 0, or -3 if no option does (a bug). */
+int ckpt_frontier_choice(const Ctx *C, int a, int b, int pinned, int pending, int64_t k, int32_t *choice) {
+    pinned = pinned || a == 0;
+    const int64_t key = key_of(C, a, b, pinned, pending);
+    const Point entry = C->points[C->start[key] + k];
+    const Sub sub = sub_of(C, a, b, pinned, pending);
+    const Side tape = side_of(C, sub.child, sub.held);
+    const int64_t t = entry.peak >= sub.notes ? entry_below(&tape, entry.peak) : -1;
+    if (t >= 0 && tape.x[t].time + C->tape_time[a + 1] == entry.time) {
+        choice[0] = 0, choice[1] = (int32_t)t, choice[2] = 0;
+        return 0;
+    }
+    const int last = pending ? b : b - 1;
+    int64_t forward = 0;
+    for (int c = a + 1; c <= last; c++) {
+        forward = forward_peak(C, a, c, forward);
+        const int64_t kr = key_of(C, c, b, 0, pending), kl = key_of(C, a, c, pinned, 0);
+        if (sub.base + sub.cur + forward > entry.peak || !C->size[kr] || !C->size[kl])
+            continue;
+        const Side R = side_of(C, kr, sub.cur), L = side_of(C, kl, C->G[c] - C->G[b]);
+        const int64_t i = entry_below(&R, entry.peak), j = entry_below(&L, entry.peak);
+        const double fT = C->Fsum[c] - C->Fsum[a];
+        if (i >= 0 && j >= 0 && (fT + R.x[i].time) + L.x[j].time == entry.time) {
+            choice[0] = c - a, choice[1] = (int32_t)i, choice[2] = (int32_t)j;
+            return 0;
+        }
+    }
+    return -3;
 }

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 SOURCE = Path(__file__).with_name("_frontier.c")
-ABI = 7                                        # CKPT_FRONTIER_ABI in the source
+ABI = 8                                        # CKPT_FRONTIER_ABI in the source
 FLAGS = ["-O2", "-shared", "-fPIC", "-std=c99"]
 ENGINES = ("auto", "native", "numpy")
 
@@ -73,7 +73,10 @@ def _declare(lib) -> None:
                                         ctypes.c_int64, ctypes.c_int64, ctypes.c_double, _i32, _i64, ctypes.c_int,
                                         ctypes.c_int64, _i64, _i64, _i64, _f64, ctypes.POINTER(ctypes.c_int)]
     lib.ckpt_frontier_read.restype = None
-    lib.ckpt_frontier_read.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, _i64, _f64, _i32]
+    lib.ckpt_frontier_read.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, _i64, _f64]
+    lib.ckpt_frontier_choice.restype = ctypes.c_int
+    lib.ckpt_frontier_choice.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                         ctypes.c_int64, _i32]
     lib.ckpt_frontier_free.restype = None
     lib.ckpt_frontier_free.argtypes = [ctypes.c_void_p]
 

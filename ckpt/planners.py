@@ -148,13 +148,14 @@ class _Front(NamedTuple):
     """A sub-problem's Pareto frontier (peaks rising, times falling) and how each entry is built.
 
     ``split`` is 0 for the tape option (``right`` indexes the frontier of (a+1, b)) and c − a for a
-    checkpoint at c (``right`` and ``left`` index the frontiers of (c, b) and (a, c)).
+    checkpoint at c (``right`` and ``left`` index the frontiers of (c, b) and (a, c)).  The C kernel's
+    frontiers carry no choices (None): ``_Planner.choice`` rebuilds one entry's.
     """
     peak: np.ndarray          # int64 bytes, relative to G[b]
     time: np.ndarray
-    split: np.ndarray
-    right: np.ndarray
-    left: np.ndarray
+    split: np.ndarray | None
+    right: np.ndarray | None
+    left: np.ndarray | None
 
 
 class _Row:
@@ -364,7 +365,8 @@ class _Planner:
         return self.front_of(0, n, True, True)
 
     def front_of(self, a, b, pinned, pending) -> _Front:
-        """The built frontier of sub-problem (a, b) (from the memo, or copied out of the C kernel's pool)."""
+        """The built frontier of sub-problem (a, b): from the memo, or copied out of the C kernel's pool
+        (peaks and times: the kernel keeps no choices, ``choice`` rebuilds one)."""
         pinned = pinned or a == 0
         cid = self.content[a][b]
         if self.pool is None:
@@ -372,9 +374,22 @@ class _Planner:
         lib, handle, start, size = self.pool
         k = 4 * cid + 2 * pinned + pending
         m = int(size[k])
-        peak, time, choice = np.empty(m, np.int64), np.empty(m, np.float64), np.empty((m, 3), np.int32)
-        lib.ckpt_frontier_read(handle, int(start[k]), m, peak, time, choice)
-        return _Front(peak, time, *choice.T)
+        peak, time = np.empty(m, np.int64), np.empty(m, np.float64)
+        lib.ckpt_frontier_read(handle, int(start[k]), m, peak, time)
+        return _Front(peak, time, None, None, None)
+
+    def choice(self, a, b, pinned, pending, k) -> tuple[int, int, int]:
+        """How entry ``k`` of sub-problem (a, b) (a < b) is built: (split, right entry, left entry), as in
+        ``_Front``."""
+        pinned = pinned or a == 0
+        if self.pool is None:
+            front = self.memo[(self.content[a][b], pinned, pending)]
+            return int(front.split[k]), int(front.right[k]), int(front.left[k])
+        lib, handle = self.pool[:2]
+        found = np.zeros(3, dtype=np.int32)
+        if lib.ckpt_frontier_choice(handle, a, b, int(pinned), int(pending), k, found):
+            raise RuntimeError(f"planners: the C planner kernel found no option for entry {k} of ({a}, {b})")
+        return int(found[0]), int(found[1]), int(found[2])
 
     def _pareto(self, cap, peak, time, split, right, left) -> _Front:
         chosen = _staircase(peak, time)
@@ -388,8 +403,7 @@ class _Planner:
         if a == b:
             out += [Loss()] if pending else []
             return
-        front = self.front_of(a, b, pinned, pending)
-        split, right, left = int(front.split[k]), int(front.right[k]), int(front.left[k])
+        split, right, left = self.choice(a, b, pinned, pending, k)
         if split == 0:
             out.append(ForwardTape(a + 1))
             self.actions(a + 1, b, self.kout[a + 1], pending, right, out)
