@@ -8,6 +8,8 @@ from torch import nn  # noqa: E402
 import ckpt  # noqa: E402
 from ckpt import CheckpointedSequential  # noqa: E402
 
+from .torch_models import image_batch, mobilenet_stages, mobilenet_v2, resnet18, resnet_stages  # noqa: E402
+
 
 def relu_mlp(depth, width, dtype=torch.float32):
     torch.manual_seed(0)
@@ -99,30 +101,19 @@ def test_store_all_saves_what_plain_torch_saves_on_a_transformer():
 
 # ------------------------------------------------------------------ in-place stages, agreement with measure
 
-class BasicBlock(nn.Module):
-    """torchvision's ResNet BasicBlock, written out: in-place ReLUs and an in-place residual add."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
-        self.conv2, self.bn2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out += x
-        return self.relu(out)
-
-
 def mlp_inplace():
     return nn.Sequential(nn.Linear(16, 32), nn.ReLU(inplace=True), nn.Linear(32, 32), nn.ReLU(inplace=True),
                          nn.Linear(32, 4)), torch.randn(8, 16)
 
 
-def resnet_like():
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
-                         BasicBlock(4), BasicBlock(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)), torch.randn(2, 3, 6, 6)
+def resnet():
+    """torchvision's ResNet-18 structure: in-place ReLU modules, BasicBlock's ``out += identity``."""
+    return resnet_stages(resnet18()), image_batch(size=16, requires_grad=False)
+
+
+def mobilenet():
+    """torchvision's MobileNetV2 structure: in-place ReLU6, inverted residuals."""
+    return mobilenet_stages(mobilenet_v2()), image_batch(size=16, requires_grad=False)
 
 
 class SigmoidAsPairs(nn.Module):
@@ -141,7 +132,7 @@ def batchnorm_mlp():
         torch.randn(4, 8)
 
 
-@pytest.mark.parametrize("build", [mlp_inplace, resnet_like, view_stage, batchnorm_mlp])
+@pytest.mark.parametrize("build", [mlp_inplace, resnet, mobilenet, view_stage, batchnorm_mlp])
 @pytest.mark.parametrize("requires_grad", [False, True])
 def test_report_agrees_with_measure_stage_by_stage(build, requires_grad):
     from ckpt.torch.measure import LeftAsItWas, chain_bytes
@@ -151,12 +142,23 @@ def test_report_agrees_with_measure_stage_by_stage(build, requires_grad):
     with LeftAsItWas(list(model), []):
         costs = [cost for _, cost, _ in chain_bytes(list(model), x)]
     report = ckpt.saved_residuals(model, x)
-    assert [r.tape_bytes for r in report] == [c.tape_bytes for c in costs]
+    assert len(report) == len(costs) and [r.tape_bytes for r in report] == [c.tape_bytes for c in costs]
     for i, (r, cost) in enumerate(zip(report, costs), start=1):
         reasons = [t.reason for t in r.tensors]
         assert any(s.startswith(f"input x_{i - 1} ") for s in reasons) == cost.tape_keeps_input, (i, reasons)
         assert any(s.startswith(f"output x_{i}") for s in reasons) == cost.tape_keeps_output, (i, reasons)
-    assert sum(r.new_bytes for r in report) <= sum(r.tape_bytes for r in report)
+    assert sum(r.new_bytes for r in report) == plain_forward_saved_bytes(list(model), x)
+
+
+def plain_forward_saved_bytes(stages, x) -> int:
+    """What one plain forward of the whole chain saves for backward, each storage once (x_0 as given)."""
+    from ckpt.torch.hooks import SavedRecorder
+    from ckpt.torch.measure import LeftAsItWas, resident_keys
+    recorder = SavedRecorder(resident_keys(stages))
+    with LeftAsItWas(stages, []), torch.enable_grad(), recorder.hooks():
+        for stage in stages:
+            x = stage(x)
+    return recorder.bytes
 
 
 def test_in_place_relu_saves_its_output_which_is_its_input_modified():
@@ -189,6 +191,10 @@ def test_caller_input_and_buffers_are_left_as_they_were():
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k                             # running stats and their count
     assert all(p.grad is None for p in model.parameters())
+    y = torch.randn(4, 8)
+    y_before = y.clone()
+    ckpt.saved_residuals([nn.ReLU(inplace=True)], y)
+    assert torch.equal(y, y_before) and y._version == 0
 
 
 # ------------------------------------------------------------------ bad input
