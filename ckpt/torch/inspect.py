@@ -3,11 +3,14 @@
     ckpt.print_saved_residuals(model, x)      # like jax's print_saved_residuals
     ckpt.saved_bytes(model, x)                # [tape bytes of stage 1, ..., stage n]
 
-Each stage runs once, as in training (grad enabled, its input requiring grad
-when gradients flow into it, as the torch backend tapes it), under ``saved_tensors_hooks`` that
-record every tensor autograd keeps.  Storages are counted once (views share
-their base's); parameters and buffers are resident and left out.  The model is
-left as it was: buffers (BatchNorm running statistics) and the RNG are restored.
+Each stage runs once as a training step runs it, on the previous stage's output, exactly as
+``ckpt.torch.measure`` runs it for ``Profile.from_torch`` and the memory check (``run_in_step``:
+its own copies of its inputs, requiring grad where gradients flow into them; the one saved-tensor
+recorder), so the two agree stage by stage.  Storages are counted once (views share their base's);
+parameters and buffers are resident and left out.  A stage that modifies its input in place (a
+``ReLU(inplace=True)``) saves one storage that is both: it is reported as its output, "x_{i-1}
+modified in place", as ``measure`` counts it.  Nothing the caller holds changes: the input tensors
+(each stage works on copies), buffers (BatchNorm running statistics), ``.grad`` and the RNG.
 """
 
 from __future__ import annotations
@@ -17,9 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from torch.utils._pytree import tree_flatten, tree_unflatten
-
-from .hooks import SavedRecorder, storage_key
+from .hooks import storage_key
+from .measure import LeftAsItWas, StageRun, devices_of, resident_keys, run_in_step, tensors_of
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,8 @@ class SavedTensor:
     shape: tuple
     dtype: torch.dtype
     nbytes: int          # the whole storage's bytes
-    reason: str          # e.g. "input x_3", "output x_4", "AddmmBackward0.mat1"
+    reason: str          # its role, then the op that saved it: "input x_3 (AddmmBackward0.mat1)",
+                         # "output x_4, x_3 modified in place (ReluBackward0.result)", "MulBackward0.other"
     new: bool            # False when an earlier stage already keeps this storage
 
 
@@ -44,15 +47,40 @@ class StageResiduals:
     new_bytes: int       # the part not kept by an earlier stage; sums to the whole forward's
 
 
-def _stages(model) -> list[tuple[str, object]]:
+def _stages(model, who: str = "ckpt.torch") -> list[tuple[str, object]]:
+    """(name, stage) pairs of a chain given as an nn.Sequential, a list of stages or one module/callable."""
     if isinstance(model, nn.Sequential):
-        return [(name, m) for name, m in model.named_children()]
-    if isinstance(model, (list, tuple, nn.ModuleList)):
-        return [(str(k), m) for k, m in enumerate(model)]
-    if callable(model):
+        stages = list(model.named_children())
+    elif isinstance(model, (list, tuple, nn.ModuleList)):
+        stages = [(str(k), m) for k, m in enumerate(model)]
+    elif callable(model):
         return [(type(model).__name__, model)]
-    raise TypeError(f"ckpt.torch.inspect: expected an nn.Sequential, a list of stages or a module, "
-                    f"got {type(model).__name__}")
+    else:
+        raise TypeError(f"{who}: expected an nn.Sequential, a list of stages or a module, got {type(model).__name__}")
+    if not stages:
+        raise ValueError(f"{who}: the model has no stages (an empty {type(model).__name__}); "
+                         f"give at least one module or callable")
+    for k, (name, stage) in enumerate(stages, start=1):
+        if not callable(stage):
+            raise TypeError(f"{who}: stage {k} ({name}) is a {type(stage).__name__}, not callable; every stage "
+                            f"must be a module or a function of the previous stage's output")
+    return stages
+
+
+def _describe(value) -> str:
+    """A tensor as dtype[shape], anything else by its type."""
+    if isinstance(value, torch.Tensor):
+        return f"{str(value.dtype).removeprefix('torch.')}{list(value.shape)}"
+    return type(value).__name__
+
+
+def _check_value(value, i: int, who: str) -> None:
+    """x_{i-1}, the input of stage i, must hold a tensor: gradients flow through tensors only."""
+    if tensors_of(value):
+        return
+    given = "the model's input" if i == 1 else f"stage {i - 1}'s output"
+    raise TypeError(f"{who}: x_{i - 1} ({given}) holds no torch.Tensor, got {_describe(value)}; it must be "
+                    f"a tensor or a tuple/list/dict of them (convert with torch.as_tensor)")
 
 
 def _reasons(outputs) -> dict:
@@ -77,69 +105,100 @@ def _reasons(outputs) -> dict:
     return found
 
 
-def _resident(stages) -> set:
-    keys = set()
-    for _, s in stages:
-        if isinstance(s, nn.Module):
-            keys.update(storage_key(t) for t in s.parameters())
-            keys.update(storage_key(t) for t in s.buffers())
-    return keys
+class _Storages:
+    """Storage identity across stages.  Each stage works on its own copies of its inputs, which stand
+    for the chain values they copy (an in-place stage's output is then its input's storage too); every
+    storage compared is kept alive to the end, as a plain forward keeps it, so no address is reused."""
+
+    def __init__(self):
+        self.origin, self.saved, self.alive = {}, set(), []
+
+    def of(self, key: int) -> int:
+        """The chain storage a key stands for."""
+        return self.origin.get(key, key)
+
+    def copied(self, value, run: StageRun) -> None:
+        """Note that the stage's input tensors are copies of ``value``'s."""
+        for given, copy in zip(tensors_of(value), tensors_of(run.args[:1])):
+            self.origin[storage_key(copy)] = self.of(storage_key(given))
+        self.alive += [t.detach() for t in tensors_of((value, run.args))]
+
+    def first_saved(self, key: int) -> bool:
+        """Whether no earlier saved tensor holds the chain storage ``key`` stands for; it does from now on."""
+        new = self.of(key) not in self.saved
+        self.saved.add(self.of(key))
+        return new
 
 
 def saved_residuals(model, *inputs) -> list[StageResiduals]:
     """Per stage, the tensors a plain training forward saves for backward (each storage once)."""
-    stages = _stages(model)
+    who = "ckpt.saved_residuals"
+    stages = _stages(model, who)
+    if not inputs:
+        raise TypeError(f"{who}: expected the model's input x_0 (saved_residuals(model, x)), got none")
     x = inputs[0] if len(inputs) == 1 else inputs
-    buffers = [(b, b.detach().clone()) for _, s in stages if isinstance(s, nn.Module) for b in s.buffers()]
-    resident, earlier, report = _resident(stages), {}, []
-    leaves = tree_flatten(x)[0]
-    needs = any(t.requires_grad for t in leaves if isinstance(t, torch.Tensor))
-    with torch.random.fork_rng(devices=_cuda_devices(x, stages)), torch.enable_grad():
+    modules = [m for _, m in stages]
+    params = [p for m in modules if isinstance(m, nn.Module) for p in m.parameters()]
+    resident, storages, report = resident_keys(modules), _Storages(), []
+    with LeftAsItWas(modules, devices_of(tensors_of(x) + params)):
         for i, (name, stage) in enumerate(stages, start=1):
-            x, stage_report = _one_stage(i, name, stage, x, needs, resident, earlier)
-            report.append(stage_report)
-            needs = needs or any(p.requires_grad for p in getattr(stage, "parameters", list)())
-    with torch.no_grad():
-        for b, saved in buffers:
-            b.copy_(saved)
+            run = _run(i, name, stage, x, resident, who)
+            storages.copied(x, run)
+            report.append(_stage_report(i, f"{name}: {type(stage).__name__}", run, storages))
+            x = run.detached_output()
     return report
 
 
-def _floating(t) -> bool:
-    return isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())
+def _run(i: int, name: str, stage, x, resident: set, who: str) -> StageRun:
+    """Stage i run as in a training step; an error it raises says which stage and what it took."""
+    _check_value(x, i, who)
+    try:
+        return run_in_step(stage, (x,), {}, resident, keep_tensors=True)
+    except Exception as error:
+        error.add_note(f"{who}: raised by stage {i} ({name}: {type(stage).__name__}) on x_{i - 1} = {_describe(x)}")
+        raise
 
 
-def _one_stage(i, name, stage, x, needs, resident, earlier):
-    leaves, spec = tree_flatten(x)
-    inputs = [t.detach().requires_grad_(needs and _floating(t)) if isinstance(t, torch.Tensor) else t
-              for t in leaves]
-    recorder = SavedRecorder(resident, keep_tensors=True)
-    with recorder.hooks():
-        out = stage(tree_unflatten(inputs, spec))
-    saved = recorder.tensors
-    out_leaves = tree_flatten(out)[0]
-    several_in, several_out = len(leaves) > 1, len(out_leaves) > 1
-    reasons = _reasons(out_leaves)
-    for k, t in enumerate(t for t in inputs if isinstance(t, torch.Tensor)):
-        reasons[storage_key(t)] = f"input x_{i - 1}" + (f"[{k}]" if several_in else "")
-    for k, t in enumerate(t for t in out_leaves if isinstance(t, torch.Tensor)):
-        reasons.setdefault(storage_key(t), f"output x_{i}" + (f"[{k}]" if several_out else ""))
+def _stage_report(i: int, name: str, run: StageRun, storages: _Storages) -> StageResiduals:
+    """What stage i's run saved, each storage with its role in the chain and the op that saved it."""
+    inputs, outputs = tensors_of(run.args[:1]), tensors_of(run.output)
+    found = _reasons(outputs)
     tensors = tuple(SavedTensor(tuple(t.shape), t.dtype, t.untyped_storage().nbytes(),
-                                reasons.get(key, "intermediate"), key not in earlier)
-                    for key, t in saved.items())
-    earlier.update(saved)        # kept alive to the end, as a plain forward keeps them, so no
-    recorder.tensors = {}        # later stage reuses their storage; none left in pack's reach
-    tape = sum(s.nbytes for s in tensors)
-    new = sum(s.nbytes for s in tensors if s.new)
-    plain = tree_unflatten([o.detach() if isinstance(o, torch.Tensor) else o for o in out_leaves],
-                           tree_flatten(out)[1])
-    return plain, StageResiduals(i, f"{name}: {type(stage).__name__}", tensors, tape, new)
+                                _reason(key, i, inputs, outputs, found), storages.first_saved(key))
+                    for key, t in run.saved.tensors.items())
+    storages.alive += run.saved.tensors.values()
+    return StageResiduals(i, name, tensors, sum(t.nbytes for t in tensors),
+                          sum(t.nbytes for t in tensors if t.new))
 
 
-def _cuda_devices(x, stages) -> list:
-    tensors = [t for t in tree_flatten(x)[0] if isinstance(t, torch.Tensor)]
-    tensors += [p for _, s in stages if isinstance(s, nn.Module) for p in s.parameters()]
-    return sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+def _reason(key: int, i: int, inputs: list, outputs: list, found: dict) -> str:
+    """Why a saved storage is kept: its role in the chain, then the op that saved it (``found``)."""
+    role, op = _role(key, i, inputs, outputs), found.get(key)
+    if role is None:
+        return op or "intermediate"
+    return f"{role} ({op})" if op else role
+
+
+def _role(key: int, i: int, inputs: list, outputs: list) -> str | None:
+    """A saved storage as stage i's input x_{i-1}, output x_i, or both (modified in place, or a view); None
+    for one made inside the stage."""
+    into, out = _position(key, inputs), _position(key, outputs)
+    if into is None:
+        return None if out is None else "output " + _value(i, outputs, out)
+    touched = inputs[into]._version > 0             # modified in place: its version counter moved
+    given = _value(i - 1, inputs, into) + (" modified in place" if touched else "")
+    if out is None:
+        return "input " + given
+    return f"output {_value(i, outputs, out)}, " + ("" if touched else "a view of ") + given
+
+
+def _position(key: int, tensors: list) -> int | None:
+    return next((k for k, t in enumerate(tensors) if storage_key(t) == key), None)
+
+
+def _value(i: int, tensors: list, k: int) -> str:
+    """x_i, or x_i[k] when the value holds several tensors."""
+    return f"x_{i}" + (f"[{k}]" if len(tensors) > 1 else "")
 
 
 def saved_bytes(model, *inputs) -> list[int]:

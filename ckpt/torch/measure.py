@@ -1,7 +1,8 @@
 """Torch stages measured: the one place a stage's bytes are counted, for ``Profile.from_torch`` and the memory check.
 
 ``stage_bytes`` runs one stage once, as a training step runs it, under the saved-tensor recorder
-(``hooks.SavedRecorder``), and reads its ``StageCost`` byte fields:
+(``hooks.SavedRecorder``; ``run_in_step``, which ``ckpt.saved_residuals`` reports from too), and reads
+its ``StageCost`` byte fields:
 
 * its tensor arguments are its own copies (a stage that modifies its input in place changes no
   one else's tensor), requiring grad — and not leaves — exactly where gradients flow into them in
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
@@ -73,24 +74,48 @@ def trainable(module) -> list:
     return [p for p in getattr(module, "parameters", list)() if p.requires_grad]
 
 
+@dataclass
+class StageRun:
+    """A stage run once with grad, as a training step runs it: its inputs, what autograd saved, its output."""
+
+    args: tuple              # its own copies of the arguments (``step_inputs``)
+    kwargs: dict
+    output: object           # as the stage returned it, its graph attached
+    saved: SavedRecorder     # every storage autograd saved, each once (resident ones left out)
+
+    def cost(self, params: list) -> StageCost:
+        """Its bytes (times 0); ``params``: those whose gradients its backward adds."""
+        saved = set(self.saved.held)
+        out_keys = {storage_key(t) for t in tensors_of(self.output)}
+        in_keys = {storage_key(t) for t in tensors_of(self.args[:1])} - out_keys   # the chain value; in place: output
+        return StageCost(0.0, 0.0, output_bytes=nbytes_of(self.output), tape_bytes=self.saved.bytes,
+                         tape_keeps_input=bool(in_keys) and in_keys <= saved,
+                         tape_keeps_output=bool(out_keys) and out_keys <= saved,
+                         grad_bytes=sum(p.numel() * p.element_size() for p in params))
+
+    def detached_output(self):
+        """Its output, detached: what the next stage takes (tensors requiring grad where the output's do)."""
+        leaves, spec = tree_flatten(self.output)
+        return tree_unflatten([t.detach().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
+                               for t in leaves], spec)
+
+
+def run_in_step(fn, args: tuple, kwargs: dict, resident: set, keep_tensors: bool = False) -> StageRun:
+    """``fn(*args, **kwargs)`` run once with grad on ``step_inputs`` copies, under the saved-tensor recorder
+    (``keep_tensors``: it keeps each saved storage's first tensor, for a report of them)."""
+    args, kwargs = step_inputs(args, kwargs, resident)
+    recorder = SavedRecorder(resident, keep_tensors=keep_tensors)
+    with torch.enable_grad(), recorder.hooks():
+        out = fn(*args, **kwargs)
+    return StageRun(args, kwargs, out, recorder)
+
+
 def stage_bytes(fn, params: list, args: tuple, kwargs: dict, resident: set) -> tuple[StageCost, object]:
     """``fn(*args, **kwargs)`` run once with grad as in a training step: its bytes (a ``StageCost``, times 0;
     ``params``: those whose gradients its backward adds) and its output, detached (its tensors
     requiring grad where the stage's outputs do)."""
-    args, kwargs = step_inputs(args, kwargs, resident)
-    recorder = SavedRecorder(resident)
-    with torch.enable_grad(), recorder.hooks():
-        out = fn(*args, **kwargs)
-    saved = set(recorder.held)
-    out_keys = {storage_key(t) for t in tensors_of(out)}
-    in_keys = {storage_key(t) for t in tensors_of(args[:1])} - out_keys     # the chain value; in place: output
-    cost = StageCost(0.0, 0.0, output_bytes=nbytes_of(out), tape_bytes=recorder.bytes,
-                     tape_keeps_input=bool(in_keys) and in_keys <= saved,
-                     tape_keeps_output=bool(out_keys) and out_keys <= saved,
-                     grad_bytes=sum(p.numel() * p.element_size() for p in params))
-    leaves, spec = tree_flatten(out)
-    detached = [t.detach().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t for t in leaves]
-    return cost, tree_unflatten(detached, spec)
+    run = run_in_step(fn, args, kwargs, resident)
+    return run.cost(params), run.detached_output()
 
 
 def profile_of(costs, input_bytes: int, **fields) -> Profile:
