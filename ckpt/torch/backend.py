@@ -156,6 +156,24 @@ class RngState:
             torch.cuda.set_rng_state(state, d)
 
 
+def replay_state_bytes(schedule: Schedule, preserve_rng_state: bool = True) -> int:
+    """Most host bytes of generator states a step of ``schedule`` holds at once, which the memory model
+    does not count: add them to a predicted peak (``ckpt.predict_memory``; ``ckpt.optimal``'s budget).
+
+    With ``preserve_rng_state`` a step keeps one CPU generator state (``torch.get_rng_state()``,
+    5,056 B) per stage a re-run starts from (``Schedule.replay_starts``), from the first sweep to
+    the step's end, and during each re-run one more (the caller's).  CUDA generator states are
+    host memory too: a GPU peak holds none of them.
+    """
+    starts = len(schedule.replay_starts()) if preserve_rng_state else 0
+    return (starts + 1) * rng_state_nbytes() if starts else 0
+
+
+def rng_state_nbytes() -> int:
+    """Bytes of one saved CPU generator state (``torch.get_rng_state()``)."""
+    return torch.get_rng_state().untyped_storage().nbytes()
+
+
 def _cuda_devices() -> tuple:
     return (torch.cuda.current_device(),) if torch.cuda.is_initialized() else ()
 
