@@ -105,6 +105,20 @@ def test_a_forward_temporary_is_a_transient():
     assert profile.stage(1).forward_transient == activation
 
 
+@pytest.mark.parametrize("grads_before", [False, True])
+def test_a_backward_transient_holds_every_gradient_the_backward_allocates(grads_before):
+    # A step starts with .grad None, so a stage's backward keeps each new gradient it allocates.  The
+    # timing runs before the transients filled .grad, and accumulating into it frees each new gradient
+    # at once: this two-layer stage measured one layer's gradients (328,708 B), whatever .grad held.
+    block = nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 256))
+    if grads_before:
+        for p in block.parameters():
+            p.grad = torch.zeros_like(p)
+    profile = ckpt.Profile.from_torch(nn.Sequential(block), torch.randn(64, 256, requires_grad=True), repeats=1)
+    activation, layer_gradients = 64 * 256 * 4, (256 * 256 + 256) * 4
+    assert 2 * layer_gradients <= profile.stage(1).backward_transient < 2 * layer_gradients + activation
+
+
 def test_inside_a_running_profiler_transients_are_not_measured_and_the_profiler_goes_on():
     from torch.profiler import ProfilerActivity, profile
     stages, x = cnn()
