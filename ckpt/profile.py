@@ -186,7 +186,12 @@ class Profile:
     @classmethod
     def from_torch(cls, stages, sample_input, repeats: int = 5, warmup: int = 1) -> "Profile":
         """Measured times (medians; CUDA-synchronised on a GPU) and bytes of torch stages
-        (``ckpt.torch.measure``: the bytes the torch wrappers' memory check counts too)."""
+        (``ckpt.torch.measure``: the bytes the torch wrappers' memory check counts too).
+
+        A schedule's peak predicted from it (``ckpt.predict_memory``, ``ckpt.optimal``'s budget) is
+        what the torch wrappers' step allocates running that schedule, except the CPU generator
+        states it keeps to replay random draws (at most ``ckpt.torch.replay_state_bytes(schedule)``:
+        5,056 B per re-run start, and one more during a re-run) and the caller's loss value."""
         from .torch.measure import torch_profile
         return torch_profile(stages, sample_input, repeats, warmup)
 

@@ -104,9 +104,9 @@ def optimizer_step_bytes(optimizer: str, sizes: list[int]) -> int:
 
 
 def rng_state_nbytes() -> int:
-    """Bytes of one saved CPU generator state (``torch.get_rng_state()``)."""
-    import torch
-    return torch.get_rng_state().untyped_storage().nbytes()
+    """Bytes of one saved CPU generator state (``torch.get_rng_state()``; ckpt's torch backend counts them)."""
+    from ckpt.torch.backend import rng_state_nbytes as nbytes
+    return nbytes()
 
 
 def profile_backend(profile, replay_state_bytes: int):

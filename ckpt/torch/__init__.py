@@ -8,7 +8,7 @@
 * ``inspect``  – ``saved_residuals``: what a plain forward saves, stage by stage.
 """
 
-from .backend import CheckpointError
+from .backend import CheckpointError, replay_state_bytes
 from .hooks import SavedRecorder, storage_key
 from .inspect import print_saved_residuals, saved_bytes, saved_residuals
 from .wrappers import (CheckpointedSequential, CheckpointHandle, checkpoint_modules, checkpoint_sequential,
@@ -16,4 +16,4 @@ from .wrappers import (CheckpointedSequential, CheckpointHandle, checkpoint_modu
 
 __all__ = ["CheckpointedSequential", "checkpoint_sequential", "checkpoint_modules", "remove_checkpointing",
            "CheckpointHandle", "CheckpointError", "saved_residuals", "print_saved_residuals", "saved_bytes",
-           "SavedRecorder", "storage_key"]
+           "SavedRecorder", "storage_key", "replay_state_bytes"]

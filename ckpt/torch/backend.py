@@ -20,9 +20,11 @@ that *are* tensors of block k-1's output; every other input is a constant held
 by reference (a block whose input cannot be traced to its predecessor's output
 thus keeps its input: a forced checkpoint).
 
-Ownership, so that a forward never backwarded is freed without the garbage
-collector: autograd's graph holds holders, holders hold their ``Step``, the
-step holds only detached tensors — nothing that leads back into the graph.
+Ownership, so that a step is freed without the garbage collector once autograd
+frees its graph (after its backward, or a forward never backwarded): autograd's
+graph holds holders, holders hold their stage's ``StageTape``, which holds the
+``Step``; the step holds only detached tensors, and its tapes and executor's
+backend weakly — nothing that leads back into the graph or to itself.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class Holder:
 class StageTape:
     """The holders of planned stage ``p`` in one step, in the order autograd packed them."""
 
-    __slots__ = ("step", "p", "holders")
+    __slots__ = ("step", "p", "holders", "__weakref__")
 
     def __init__(self, step, p):
         self.step, self.p, self.holders = step, p, []
@@ -152,6 +154,24 @@ class RngState:
         torch.set_rng_state(self.cpu)
         for d, state in zip(self.devices, self.cuda):
             torch.cuda.set_rng_state(state, d)
+
+
+def replay_state_bytes(schedule: Schedule, preserve_rng_state: bool = True) -> int:
+    """Most host bytes of generator states a step of ``schedule`` holds at once, which the memory model
+    does not count: add them to a predicted peak (``ckpt.predict_memory``; ``ckpt.optimal``'s budget).
+
+    With ``preserve_rng_state`` a step keeps one CPU generator state (``torch.get_rng_state()``,
+    5,056 B) per stage a re-run starts from (``Schedule.replay_starts``), from the first sweep to
+    the step's end, and during each re-run one more (the caller's).  CUDA generator states are
+    host memory too: a GPU peak holds none of them.
+    """
+    starts = len(schedule.replay_starts()) if preserve_rng_state else 0
+    return (starts + 1) * rng_state_nbytes() if starts else 0
+
+
+def rng_state_nbytes() -> int:
+    """Bytes of one saved CPU generator state (``torch.get_rng_state()``)."""
+    return torch.get_rng_state().untyped_storage().nbytes()
 
 
 def _cuda_devices() -> tuple:
@@ -250,13 +270,13 @@ class Step:
         self.autocast = _autocast_state()
         self.cuda = _cuda_devices()
         self.calls: dict[int, BlockCall] = {}
-        self.tapes: dict[int, StageTape] = {}
+        self.tapes: dict[int, weakref.ref] = {}      # dropped stage p → its StageTape (its holders own it)
+        self.sweep_tape: StageTape | None = None      # the stage being swept: owned until its holders exist
         self.rng: dict[int, RngState] = {}
         self.run, self.pos, self.next_block, self.swept = None, 0, 1, False
         self.prev_out: list = []          # weak references to the last block's output tensors
         self.prev_pos: list = []          # their positions among its output leaves
         self.first_value = None           # a stage's output, handed to the executor's Forward
-        self.refill: StageTape | None = None
         self.refill_count = 0
 
     # -- first sweep: the model's own forward calls the blocks -------------------------------
@@ -304,7 +324,8 @@ class Step:
         if p in self.plan.replay_starts and self.runner.preserve_rng:
             self.rng[p] = RngState(self.cuda)
         if p not in self.plan.taped:
-            self.tapes[p] = StageTape(self, p)
+            self.sweep_tape = StageTape(self, p)
+            self.tapes[p] = weakref.ref(self.sweep_tape)
 
     def _record(self, k, fn, leaves, spec) -> BlockCall:
         previous = {}
@@ -349,7 +370,7 @@ class Step:
 
     def _first_hooks(self, p: int):
         if p in self.tapes:
-            tape, holders = self.tapes[p], self.tapes[p].holders
+            tape, holders = self.sweep_tape, self.sweep_tape.holders
 
             def pack(t):
                 h = Holder(tape)
@@ -362,6 +383,7 @@ class Step:
         return _NO_HOOKS
 
     def _close_stage(self, p: int, out_leaves) -> None:
+        self.sweep_tape = None
         self.first_value = _detached(out_leaves)
         self._do(self.plan.schedule.actions[self.pos])          # the stage's Forward/ForwardTape
         if p == self.plan.schedule.n:
@@ -432,9 +454,10 @@ class Step:
         norms = [m for k in blocks for m in self.calls[k].norms]
         with (_running_stats_kept(norms) if norms else _NO_HOOKS):
             if taped:
-                with torch.enable_grad(), self._refill_hooks(p):
+                tape = self._tape(p)
+                with torch.enable_grad(), self._refill_hooks(tape):
                     x = self._run_blocks(blocks, x, True)
-                self._check_refilled(p)
+                self._check_refilled(tape)
             else:
                 with torch.no_grad():
                     x = self._run_blocks(blocks, x, False)
@@ -447,8 +470,13 @@ class Step:
             x = tree_flatten(call.fn(*args, **kwargs))[0]
         return x
 
-    def _refill_hooks(self, p: int):
-        tape = self.tapes[p]
+    def _tape(self, p: int) -> StageTape:
+        """Stage p's holders (an empty tape once autograd has freed them all)."""
+        tape = self.tapes[p]()
+        return StageTape(self, p) if tape is None else tape
+
+    def _refill_hooks(self, tape: StageTape):
+        p = tape.p
         self.refill_count = 0
         outer_pack = self.outer[0] if self.outer is not None else None
         record = self.recorder.record if self.recorder is not None else None
@@ -471,8 +499,8 @@ class Step:
         pack.ckpt_own = True
         return saved_tensors_hooks(pack, _no_unpack)
 
-    def _check_refilled(self, p: int) -> None:
-        expected = len(self.tapes[p].holders)
+    def _check_refilled(self, tape: StageTape) -> None:
+        p, expected = tape.p, len(tape.holders)
         if self.refill_count != expected:
             raise CheckpointError(f"ckpt.torch: stage {p} saved {expected} tensors in the forward but "
                                   f"{self.refill_count} when recomputed; the stage is not deterministic "
@@ -496,10 +524,20 @@ _NO_HOOKS = nullcontext()
 
 
 class _Backend:
-    """The executor's view of a step: stages run by the model first, then re-run by ``Step.replay``."""
+    """The executor's view of a step: stages run by the model first, then re-run by ``Step.replay``.
+
+    It refers to its step weakly: the step owns the executor's run, which owns this backend, and a
+    strong reference back would be a cycle that keeps the step (its checkpoints and RNG states) alive
+    after its backward, or after a forward never backwarded, until the garbage collector runs.
+    """
 
     def __init__(self, step: Step):
-        self.step = step
+        self._step = weakref.ref(step)
+
+    @property
+    def step(self) -> Step:
+        """The step this backend runs (alive while its run is used: the step calls it)."""
+        return self._step()
 
     def check_inputs(self, n, x, y) -> None:
         """Nothing to check: the plan was built for these blocks."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -198,16 +199,32 @@ def torch_profile(stages, x, repeats: int, warmup: int) -> Profile:
     measured = cuda or not torch.autograd.profiler._is_profiler_enabled
     modules, costs = [m for _, m in _stages(stages)], []
     resident = resident_keys(modules)
-    for stage, cost, value in chain_bytes(modules, x):
+    for (stage, cost, value), params in zip(chain_bytes(modules, x), _gradients_added(modules)):
         def fresh(value=value):
             return step_inputs((value,), {}, resident)
         fwd, bwd = _step_times(stage, fresh, repeats, warmup, sync)
-        f_peak, b_peak = transients(stage, fresh) if measured else (0, 0)
+        with _no_gradients_yet(params):
+            f_peak, b_peak = transients(stage, fresh) if measured else (0, 0)
         costs.append(replace(cost, forward_time=fwd, backward_time=bwd,
                              forward_transient=f_peak, backward_transient=b_peak))
     return profile_of(costs, nbytes_of(x), time_unit="seconds",
                    source=f"torch stages on {'cuda' if cuda else 'cpu'}, measured (median of {repeats})"
                           + ("" if measured else "; transients not measured (0): a profiler was running"))
+
+
+@contextmanager
+def _no_gradients_yet(params: list):
+    """Inside, ``params`` have no ``.grad``, as in a step where the stage's backward allocates them (the
+    timing runs have filled them: accumulating into an existing ``.grad`` frees each new gradient at
+    once, which hid it from the backward's transient); afterwards they are as before."""
+    kept = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        yield
+    finally:
+        for p, grad in zip(params, kept):
+            p.grad = grad
 
 
 def _taped_forward(stage, args, kwargs) -> list:
@@ -260,36 +277,67 @@ def _cuda_transients(stage, fresh) -> tuple[int, int]:
     return f_peak, b_peak
 
 
+_FORWARD, _BACKWARD = "ckpt.measure: taped forward", "ckpt.measure: backward"
+
+
 def _cpu_transients(stage, fresh) -> tuple[int, int]:
     """Peak CPU bytes a taped forward / a backward allocate above what was live before it.
 
-    In a step, autograd frees δ_i as soon as stage i has used it, so the backward's peak may
-    come after δ_i is gone; δ_i is therefore made inside the backward (the gradient of a sum of
-    the output times ones) and its bytes taken off, as the memory model holds δ_i beside the
-    transient.
+    Both run in one profiler session, so the backward's frees of the tape the forward allocated
+    are seen, and only blocks allocated inside the session count (``_peaks_within``).  In a step,
+    autograd frees δ_i as soon as stage i has used it, so the backward's peak may come after δ_i
+    is gone; δ_i is therefore made inside the backward (the gradient of a sum of the output times
+    a broadcast one) and its bytes taken off, as the memory model holds δ_i beside the transient.
     """
+    from torch.profiler import ProfilerActivity, profile, record_function
     args, kwargs = fresh()
-    f_peak, outs = _cpu_peak(lambda: _taped_forward(stage, args, kwargs))
-    if not outs:
-        return f_peak, 0
-    with torch.enable_grad():
-        total = sum((t * torch.ones_like(t)).sum() for t in outs)
-    delta = sum(t.numel() * t.element_size() for t in outs)
-    del outs
-    b_peak, _ = _cpu_peak(total.backward)
-    return f_peak, max(0, b_peak - delta)
-
-
-def _cpu_peak(fn) -> tuple[int, object]:
-    """(peak bytes held by torch's CPU allocator above the entry while ``fn()`` runs, its result)."""
-    from torch.profiler import ProfilerActivity, profile
+    delta = 0
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        result = fn()
-    held = peak = 0
-    for event in allocator_events(prof):
-        held += event.nbytes()
-        peak = max(peak, held)
-    return peak, result
+        with record_function(_FORWARD):
+            outs = _taped_forward(stage, args, kwargs)
+        if outs:
+            with torch.enable_grad():
+                total = sum((t * t.new_ones(()).expand_as(t)).sum() for t in outs)
+            delta = sum(t.numel() * t.element_size() for t in outs)
+            del outs
+            with record_function(_BACKWARD):
+                total.backward()
+    peaks = _peaks_within(prof, (_FORWARD, _BACKWARD))
+    return peaks[_FORWARD], max(0, peaks.get(_BACKWARD, 0) - delta)
+
+
+def _peaks_within(prof, names) -> dict:
+    """Per ``record_function`` range named in ``names``: peak CPU bytes held above its start.
+
+    Only blocks allocated inside the session count: the profiler remembers the size of every block
+    it saw allocated, also after its session, so a block freed outside a session and its address
+    reused outside one is later reported freed with a stale size; such a free is not trusted.
+    """
+    allocations, ranges = [], {}
+    for node in _preorder(prof.profiler.kineto_results.experimental_event_tree()):
+        if node.tag == torch._C._profiler._EventType.Allocation and node.extra_fields.device.type == "cpu":
+            allocations.append((node.start_time_ns, node.extra_fields.ptr, node.extra_fields.alloc_size))
+        elif node.name in names:
+            ranges[node.name] = (node.start_time_ns, node.end_time_ns)
+    sizes, held, timeline = {}, 0, []
+    for ns, ptr, nbytes in sorted(allocations, key=lambda a: a[0]):     # stable: same-ns keep their order
+        if nbytes > 0:
+            sizes[ptr] = nbytes
+            held += nbytes
+        elif ptr in sizes:
+            held -= sizes.pop(ptr)
+        timeline.append((ns, held))
+    peaks = {}
+    for name, (begin, end) in ranges.items():
+        base = next((h for ns, h in reversed(timeline) if ns < begin), 0)
+        peaks[name] = max([h - base for ns, h in timeline if begin <= ns <= end], default=0)
+    return peaks
+
+
+def _preorder(nodes):
+    for node in nodes:
+        yield node
+        yield from _preorder(node.children)
 
 
 def allocator_events(prof, also=lambda event: False) -> list:

@@ -110,6 +110,8 @@ class CheckpointedSequential(_PlanView, nn.Sequential):
     ``track_memory=True``, its byte peaks (saved bytes as torch keeps them).
     The first training call per input shape is refused (``InsufficientMemoryError``) when
     its predicted peak does not fit (``ckpt.torch.memcheck``; ``memory_check=False``: not checked).
+    With ``preserve_rng_state`` a step also holds CPU generator states that the predicted peak (and
+    so a ``budget``) leaves out: at most ``ckpt.torch.replay_state_bytes(schedule)``, 5,056 B each.
     """
 
     def __init__(self, modules, strategy=None, preserve_rng_state: bool = True,
