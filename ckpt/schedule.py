@@ -347,15 +347,22 @@ class Schedule:
         return frozenset(i for i, c in counts.items() if c > 1)
 
     def replay_starts(self) -> frozenset:
-        """Stages a re-run starts from: the first forward after a ``Load``.
+        """Stages a re-run starts from: the first forward after a ``Load`` (``Free`` and ``Save``
+        may come between, as in ``optimal``'s ``Load(a), Free(a), ForwardTape(a+1)``).
 
         Every re-run is ``Load(j)`` then stages j+1, j+2, … in order, as in the first
         sweep, so restoring the RNG state that stage j+1 first saw replays the whole
         run's random draws: one RNG state per replay start, not per stage.
         """
-        acts = self.actions
-        return frozenset(b.i for a, b in zip(acts, acts[1:])
-                         if isinstance(a, Load) and isinstance(b, (Forward, ForwardTape)))
+        starts, loaded = set(), False
+        for action in self.actions:
+            if isinstance(action, (Forward, ForwardTape)) and loaded:
+                starts.add(action.i)
+            if isinstance(action, Load):
+                loaded = True
+            elif not isinstance(action, (Free, Save)):
+                loaded = False
+        return frozenset(starts)
 
     def __str__(self) -> str:
         head = (f"Schedule(n={self.n}: {len(self)} actions, {self.forward_steps} forward, "

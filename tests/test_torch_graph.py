@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import ckpt  # noqa: E402
+from ckpt.schedule import Backward, Forward, ForwardTape, Free, Load, Loss, Save  # noqa: E402
 
 
 @ckpt.register_strategy("test_graph_every_second")
@@ -91,6 +92,34 @@ def test_gradients_bitwise_equal_with_dropout_masks_replayed(strategy):
     stages = blocks(dropout=0.5)
     x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     compare(stages, strategy, x, [x, *params_of(*stages)])
+
+
+def planned(name: str, n: int):
+    """A planner's schedule for n stages, from a profile with deterministic costs (a numpy MLP twin)."""
+    profile = ckpt.Profile.from_chain(ckpt.MLP([6] * (n + 1)), 4096)   # activations outweigh parameters
+    least, most = ckpt.min_feasible_budget(profile), ckpt.predict_memory(profile, "store_all").peak_bytes
+    return {"revolve": lambda: ckpt.revolve(n, 2),
+            "optimal, least budget": lambda: ckpt.optimal(profile, least),
+            "optimal, halfway budget": lambda: ckpt.optimal(profile, (least + most) // 2),
+            "chen_greedy": lambda: ckpt.chen_greedy(profile, (least + most) // 2)}[name]()
+
+
+@pytest.mark.parametrize("name", ["revolve", "optimal, least budget", "optimal, halfway budget", "chen_greedy"])
+def test_planner_schedules_replay_dropout_masks(name):
+    # optimal re-runs a segment with Load(a), Free(a), ForwardTape(a+1): once, the re-run's first stage
+    # was not taken for a replay start (only a forward right after a Load was), so its dropout masks
+    # were drawn afresh and the gradients were silently wrong
+    stages = blocks(n=6, dropout=0.5)
+    schedule = planned(name, len(stages))
+    assert schedule.forward_steps > len(stages)                 # it re-runs stages
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    compare(stages, lambda n: schedule, x, [x, *params_of(*stages)])
+
+
+def test_a_rerun_after_load_and_free_starts_a_replay():
+    schedule = ckpt.Schedule(2, [Save(0), Forward(1), ForwardTape(2), Loss(), Backward(2), Load(0), Free(0),
+                                 ForwardTape(1), Backward(1)])
+    assert schedule.replay_starts() == {1}
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
