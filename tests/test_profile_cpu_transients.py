@@ -1,5 +1,6 @@
 """Profile.from_torch on CPU measures transients, so the memory model meets torch's CPU allocator peak."""
 
+from dataclasses import replace
 from functools import lru_cache
 
 import pytest
@@ -91,6 +92,42 @@ def test_what_the_model_leaves_out_is_the_generator_states_and_the_loss(build, n
     held_to_the_end = len(schedule.replay_starts()) * rng_state_nbytes()
     assert measured_peak(stages, schedule, x) == predicted + held_to_the_end + LOSS_SCALARS
     assert replay_state_bytes(schedule) == held_to_the_end + (rng_state_nbytes() if held_to_the_end else 0)
+
+
+def with_fixed_times(profile):
+    """The same bytes, fixed times: plans that do not depend on this run's timings."""
+    return replace(profile, stages=tuple(replace(s, forward_time=1.0, backward_time=2.0) for s in profile.stages))
+
+
+def test_budget_plans_fit_the_budget_with_their_generator_states():
+    # Each frontier plan's peak with room for its generator states, and a byte less: planned for a budget
+    # alone, a plan came over it by its states (measured = predicted + states + loss scalars).  The wrapper
+    # plans so that plan and states fit together; the caller's loss scalars stay outside.
+    stages, x, profile = profiled(transformer)
+    profile = with_fixed_times(profile)
+    fitted = []
+    for budget in sorted({peak + replay_state_bytes(plan) - less for peak, _, plan in ckpt.pareto(profile)
+                          for less in (0, 1)}):
+        try:
+            model = ckpt.CheckpointedSequential(list(stages), budget=budget, profile=profile)
+        except ValueError as error:
+            assert "CPU generator states its re-runs keep" in str(error)
+            continue
+        plan = model.schedule
+        assert ckpt.predict_memory(profile, plan).peak_bytes + replay_state_bytes(plan) <= budget
+        fitted.append((budget, plan))
+    assert any(replay_state_bytes(plan) for _, plan in fitted)          # plans that re-run fitted too
+    budget, plan = next((b, p) for b, p in fitted if replay_state_bytes(p))
+    assert measured_peak(stages, plan, x) <= budget + LOSS_SCALARS
+
+
+def test_a_budget_that_fits_a_plan_but_not_its_generator_states_is_refused():
+    stages, x, profile = profiled(transformer)
+    profile = with_fixed_times(profile)
+    least = ckpt.min_feasible_budget(profile)                            # its plans re-run stages
+    with pytest.raises(ValueError, match=r"none with the [\d,]+ B of CPU generator states its re-runs keep"):
+        ckpt.CheckpointedSequential(list(stages), budget=least, profile=profile)
+    ckpt.CheckpointedSequential(list(stages), budget=least, profile=profile, preserve_rng_state=False)
 
 
 def test_a_forward_temporary_is_a_transient():

@@ -26,7 +26,7 @@ from ..executor import Stats
 from ..profile import Profile
 from ..schedule import Schedule
 from ..strategies import every_segment
-from .backend import ChainRunner, CheckpointError  # noqa: F401 (re-exported)
+from .backend import ChainRunner, CheckpointError, replay_state_bytes  # noqa: F401 (re-exported)
 from .measure import LeftAsItWas, devices_of, tensors_of
 from .memcheck import MemoryGuard, signature
 
@@ -110,15 +110,17 @@ class CheckpointedSequential(_PlanView, nn.Sequential):
     ``track_memory=True``, its byte peaks (saved bytes as torch keeps them).
     The first training call per input shape is refused (``InsufficientMemoryError``) when
     its predicted peak does not fit (``ckpt.torch.memcheck``; ``memory_check=False``: not checked).
-    With ``preserve_rng_state`` a step also holds CPU generator states that the predicted peak (and
-    so a ``budget``) leaves out: at most ``ckpt.torch.replay_state_bytes(schedule)``, 5,056 B each.
+    With ``preserve_rng_state`` a step also holds CPU generator states that the predicted peak leaves
+    out: at most ``ckpt.torch.replay_state_bytes(schedule)``, 5,056 B each; a ``budget`` plan keeps
+    them within the budget too (``BudgetPlans``).
     """
 
     def __init__(self, modules, strategy=None, preserve_rng_state: bool = True,
                  track_memory: bool = False, memory_check: bool = True, budget=None,
                  profile: Profile | None = None, **options):
         super().__init__(_as_modules(modules))
-        self.budget = _budget_plans(budget, profile, strategy, options, "CheckpointedSequential")
+        self.budget = _budget_plans(budget, profile, strategy, options, "CheckpointedSequential",
+                                    preserve_rng_state)
         strategy = strategy or ("optimal" if self.budget else "sqrt_n")
         self._memory = MemoryGuard(memory_check, strategy, options, self.budget)
         self._runner = ChainRunner(list(self._modules.values()), strategy, preserve_rng_state, track_memory,
@@ -155,11 +157,14 @@ class BudgetPlans:
     (``Profile.from_torch``; their gradients, buffers and RNG state are left as
     they were) and plans; later calls with a signature seen before reuse its
     plan.  A ``profile`` given by the user is planned from once, whatever the input.
+    With ``preserve_rng_state``, the plan's predicted peak and the CPU generator states its
+    re-runs keep (``replay_state_bytes``, which the memory model leaves out) fit the budget
+    together; on a GPU those are host bytes, so there the plan is conservative by as much.
     """
 
-    def __init__(self, budget, profile: Profile | None = None):
+    def __init__(self, budget, profile: Profile | None = None, preserve_rng_state: bool = True):
         from ..planners import parse_bytes
-        self.budget, self.given = parse_bytes(budget), profile
+        self.budget, self.given, self.preserve_rng_state = parse_bytes(budget), profile, preserve_rng_state
         self.plans: dict = {}                 # signature → (profile, schedule)
         self.current = None                   # the (profile, schedule) of the latest call
         if profile is not None:
@@ -203,10 +208,25 @@ class BudgetPlans:
 
     def _optimal(self, profile: Profile) -> Schedule:
         from ..planners import optimal
-        return optimal(profile, self.budget).validate()
+        schedule = optimal(profile, self.budget)             # an error here names the least feasible budget
+        while self.preserve_rng_state and self._over(profile, schedule):
+            states = replay_state_bytes(schedule)             # rises with every pass: the loop ends
+            try:
+                schedule = optimal(profile, self.budget - states)
+            except ValueError as error:
+                raise ValueError(f"ckpt.torch: a plan fits the budget of {self.budget:,} B, but none with the "
+                                 f"{states:,} B of CPU generator states its re-runs keep "
+                                 f"(preserve_rng_state=True): raise the budget by that much, or pass "
+                                 f"preserve_rng_state=False") from error
+        return schedule.validate()
+
+    def _over(self, profile: Profile, schedule: Schedule) -> bool:
+        """Whether the plan's predicted peak and its generator states exceed the budget together."""
+        from ..memory import predict_memory
+        return predict_memory(profile, schedule).peak_bytes + replay_state_bytes(schedule) > self.budget
 
 
-def _budget_plans(budget, profile, strategy, options, who: str) -> BudgetPlans | None:
+def _budget_plans(budget, profile, strategy, options, who: str, preserve_rng_state: bool) -> BudgetPlans | None:
     """The wrapper's ``BudgetPlans``, or None without a budget; refuses options that contradict it."""
     if budget is None:
         if profile is not None:
@@ -215,7 +235,7 @@ def _budget_plans(budget, profile, strategy, options, who: str) -> BudgetPlans |
     if strategy not in (None, "optimal") or options:
         raise ValueError(f"ckpt.{who}: budget= plans with strategy 'optimal' and takes no strategy options; "
                          f"got strategy={strategy!r}, options {sorted(options)}")
-    return BudgetPlans(budget, profile)
+    return BudgetPlans(budget, profile, preserve_rng_state)
 
 
 def profile_in_isolation(stages: list, x) -> Profile:
@@ -367,7 +387,7 @@ def checkpoint_modules(modules, strategy=None, preserve_rng_state: bool = True,
     ``budget=`` (bytes or "6GiB") plans ``optimal`` per input signature, profiling
     the blocks as a chain on the first call, or once from a given ``profile=``.
     """
-    plans = _budget_plans(budget, profile, strategy, options, "checkpoint_modules")
+    plans = _budget_plans(budget, profile, strategy, options, "checkpoint_modules", preserve_rng_state)
     strategy = strategy or ("optimal" if plans else "sqrt_n")
     return CheckpointHandle(_blocks_of(modules), strategy, preserve_rng_state, track_memory, options, plans,
                             memory_check)
