@@ -216,7 +216,7 @@ class BudgetPlans:
             except ValueError as error:
                 raise ValueError(f"ckpt.torch: a plan fits the budget of {self.budget:,} B, but none with the "
                                  f"{states:,} B of CPU generator states its re-runs keep "
-                                 f"(preserve_rng_state=True): raise the budget by that much, or pass "
+                                 f"(preserve_rng_state=True): raise the budget by up to that much, or pass "
                                  f"preserve_rng_state=False") from error
         return schedule.validate()
 
