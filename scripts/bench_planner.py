@@ -41,32 +41,44 @@ import sys
 import time
 from pathlib import Path
 
+CHAINS = ("homogeneous", "cnn_like", "transformer_like", "random", "distinct")
+
+
+def chain_profile(kind: str, n: int):
+    """The benchmark's n-stage chain of the given kind (module docstring) as a ``ckpt.Profile``."""
+    import random
+    import ckpt
+    if kind == "random":
+        rng = random.Random(1)
+        X = [rng.randint(1, 64 * 2**20) for _ in range(n + 1)]
+        keeps = [rng.random() < 0.7 for _ in range(n + 1)]
+        return ckpt.Profile(tuple(ckpt.StageCost(
+            rng.uniform(1, 3), rng.uniform(2, 6), X[i], rng.randint(0, 4 * 2**20) + keeps[i] * X[i - 1],
+            tape_keeps_input=keeps[i], forward_transient=rng.randint(0, 8 * 2**20),
+            backward_transient=rng.randint(0, 8 * 2**20), grad_bytes=rng.randint(0, 4 * 2**20))
+            for i in range(1, n + 1)), X[0])
+    sizes = {"homogeneous": lambda: [128] * (n + 1),
+             "cnn_like": lambda: [512] + [512 >> min(3, 4 * i // n) for i in range(n)],
+             "transformer_like": lambda: [64, 1024] + [256] * (n - 2) + [1024],
+             "distinct": lambda: [256] + [max(256 - i, 8) for i in range(n)]}[kind]()
+    return ckpt.Profile.from_chain(ckpt.MLP(sizes), 1024)
+
+
+def budget_for(profile, which: str) -> int:
+    """sqrt_n's predicted peak ("sqrt_n"), or halfway between recompute's and it ("between")."""
+    import ckpt
+    high = ckpt.predict_memory(profile, "sqrt_n").peak_bytes
+    low = ckpt.predict_memory(profile, "recompute").peak_bytes
+    return high if which == "sqrt_n" else (low + high) // 2
+
+
 CHILD = r"""
-import json, random, resource, sys, time
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[4])
 import ckpt
-kind, n, which = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-sizes = None
-if kind == "random":
-    rng = random.Random(1)
-    X = [rng.randint(1, 64 * 2**20) for _ in range(n + 1)]
-    keeps = [rng.random() < 0.7 for _ in range(n + 1)]
-    profile = ckpt.Profile(tuple(ckpt.StageCost(
-        rng.uniform(1, 3), rng.uniform(2, 6), X[i], rng.randint(0, 4 * 2**20) + keeps[i] * X[i - 1],
-        tape_keeps_input=keeps[i], forward_transient=rng.randint(0, 8 * 2**20),
-        backward_transient=rng.randint(0, 8 * 2**20), grad_bytes=rng.randint(0, 4 * 2**20)) for i in range(1, n + 1)), X[0])
-elif kind == "homogeneous":
-    sizes = [128] * (n + 1)
-elif kind == "cnn_like":
-    sizes = [512] + [512 >> min(3, 4 * i // n) for i in range(n)]
-elif kind == "transformer_like":
-    sizes = [64, 1024] + [256] * (n - 2) + [1024]
-else:
-    sizes = [256] + [max(256 - i, 8) for i in range(n)]
-if sizes is not None:
-    profile = ckpt.Profile.from_chain(ckpt.MLP(sizes), 1024)
-high = ckpt.predict_memory(profile, "sqrt_n").peak_bytes
-low = ckpt.predict_memory(profile, "recompute").peak_bytes
-budget = high if which == "sqrt_n" else (low + high) // 2
+from bench_planner import budget_for, chain_profile
+profile = chain_profile(sys.argv[1], int(sys.argv[2]))
+budget = budget_for(profile, sys.argv[3])
 t0 = time.process_time()
 plan = ckpt.optimal(profile, budget)
 seconds = time.process_time() - t0
@@ -75,6 +87,19 @@ print(json.dumps({"seconds": seconds, "peak": peak, "budget": budget, "forward_s
                   "engine": ckpt._native.engine(),
                   "max_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
+
+
+def frontier_counts(kind: str, n: int, which: str) -> dict:
+    """Counted: the entries the planner's frontiers keep (the chain's root; all sub-problems) and how
+    many sub-problems (content, pinned, pending) it builds, at the given budget."""
+    from ckpt.planners import _Planner, _solve_whole
+    profile = chain_profile(kind, n)
+    planner = _Planner(profile, cap=budget_for(profile, which))
+    root = _solve_whole(planner)
+    sizes = ([len(f.peak) for f in planner.memo.values()] if planner.pool is None
+             else [int(m) for k, m in zip(planner.pool[2], planner.pool[3]) if k >= 0])
+    return {"chain": kind, "n": n, "budget_at": which, "root_entries": len(root.peak),
+            "entries": sum(sizes), "sub_problems": len(sizes)}
 
 
 READING = [
@@ -88,8 +113,8 @@ READING = [
     "",
     "The work grows with the number of distinct contents (O(n) on the homogeneous and transformer-like chains, "
     "O(n²) on the others) and with the entries their frontiers keep.  Counted at n = 200, budget at sqrt_n's "
-    "peak (`ckpt.planners._Planner`'s sizes): the random chain, where nothing repeats, keeps 340 entries at its "
-    "root and 3.7 M over its 20,502 sub-problems; the CNN-like chain 151 and 6.6 M; the distinct chain 2,007 "
+    "peak (`PYTHONPATH=. python scripts/bench_planner.py --count --n 200`): the random chain, where nothing "
+    "repeats, keeps 340 entries at its root and 3.7 M over its 20,502 sub-problems; the CNN-like chain 151 and 6.6 M; the distinct chain 2,007 "
     "and 55.7 M over 40,799, because each stage costs a little less than the one before, so that thousands of "
     "trade-offs are nearly equal and none dominates another.",
 ]
@@ -102,7 +127,8 @@ def one(kind: str, n: int, which: str, limit: float, engine: str) -> dict:
     row = {"engine": engine, "chain": kind, "n": n, "budget_at": which}
     cpu_limit = lambda: resource.setrlimit(resource.RLIMIT_CPU, (math.ceil(limit), math.ceil(limit) + 1))
     try:                                  # the limit is CPU seconds (a shared machine stretches wall time)
-        done = subprocess.run([sys.executable, "-c", CHILD, kind, str(n), which], capture_output=True,
+        done = subprocess.run([sys.executable, "-c", CHILD, kind, str(n), which, str(Path(__file__).parent)],
+                              capture_output=True,
                               text=True, timeout=20 * limit, env=env, preexec_fn=cpu_limit)
     except subprocess.TimeoutExpired:
         return {**row, "status": f"timeout (> {20 * limit:g} s wall)"}
@@ -130,12 +156,18 @@ def main() -> int:
     parser.add_argument("--limit", type=float, default=30, help="CPU seconds per run before it counts as a timeout")
     parser.add_argument("--engines", nargs="+", default=["native", "numpy"], choices=["native", "numpy"])
     parser.add_argument("--out", default="reports/planner")
+    parser.add_argument("--count", action="store_true",
+                        help="instead of timing: print the frontier entries each chain keeps at its largest n")
     args = parser.parse_args()
+    if args.count:
+        for kind in CHAINS:
+            print(json.dumps(frontier_counts(kind, max(args.n), "sqrt_n")), flush=True)
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, load, build = [], os.getloadavg(), kernel_build_seconds()
     for engine in args.engines:
-        for kind in ("homogeneous", "cnn_like", "transformer_like", "random", "distinct"):
+        for kind in CHAINS:
             for which in ("sqrt_n", "between"):
                 for n in args.n:
                     rows.append(one(kind, n, which, args.limit, engine))
