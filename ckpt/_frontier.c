@@ -15,6 +15,9 @@
  *   cap;
  * - from a dominated pair, the walk leaps at a gallop to the last level whose pair is still no faster
  *   than the staircase was at the first (pair times fall as levels rise; the staircase's never rise).
+ * - the splits that the neighbouring sub-problems' frontiers use are merged first: they build most of
+ *   the staircase, so the other splits' pairs are found dominated early (the order changes the work,
+ *   not the staircase).
  *
  * Times are added in the numpy engine's order ((forward + right) + left; child + tape time), so the
  * two engines' frontiers are equal bit for bit.  Loaded with ctypes by ckpt/_native.py; no Python API
@@ -33,8 +36,9 @@ typedef struct {
     double time;
 } Point;
 
-typedef struct {
+typedef struct {             /* a staircase being built; who[k]: which option made entry k (0 tape, else c - a) */
     Point *e;
+    int32_t *who;
     int64_t len, cap;
 } Vec;
 
@@ -56,6 +60,13 @@ typedef struct {             /* copies of the caller's arrays, but ``cap``: read
     int64_t pool_len, pool_cap;
     Point *sketch;               /* per built key, from sketch_at: min(entries, SKETCH) of its entries */
     int64_t *sketch_at, sketch_len, sketch_cap;
+    int32_t *won;                /* per built key, from won_at (won_n of them): the splits (c - a) its frontier uses */
+    int64_t *won_at, won_len, won_cap;
+    int32_t *won_n;
+    int64_t *forward;            /* per split c of the sub-problem being built: its forward peak */
+    int64_t *seen;               /* per c (or split offset c - a): the stamp of the last pass that marked it */
+    int *order;                  /* the splits of the sub-problem being built, in the order they are merged */
+    int64_t stamp;               /* counts those passes */
 } Ctx;
 
 int ckpt_frontier_abi(void) { return CKPT_FRONTIER_ABI; }
@@ -75,7 +86,12 @@ static int grow(void **array, int64_t *cap, int64_t need, size_t size) {
     return 0;
 }
 
-static int reserve(Vec *v, int64_t need) { return grow((void **)&v->e, &v->cap, need, sizeof(Point)); }
+static int reserve(Vec *v, int64_t need) {
+    int64_t cap = v->cap;
+    if (grow((void **)&v->e, &cap, need, sizeof(Point)))
+        return -1;
+    return grow((void **)&v->who, &v->cap, need, sizeof(int32_t));
+}
 
 static inline int64_t max64(int64_t x, int64_t y) { return x > y ? x : y; }
 
@@ -83,16 +99,17 @@ static inline int64_t min64(int64_t x, int64_t y) { return x < y ? x : y; }
 
 /* Append in rising-peak order, keeping a staircase: an entry no faster than the last is dropped;
  * a faster one at the last one's peak replaces it.  Room must be reserved. */
-static inline void push(Vec *v, int64_t peak, double time) {
+static inline void push(Vec *v, int64_t peak, double time, int32_t who) {
     if (v->len) {
         Point *last = &v->e[v->len - 1];
         if (time >= last->time)
             return;
         if (peak == last->peak) {
-            last->time = time;
+            last->time = time, v->who[v->len - 1] = who;
             return;
         }
     }
+    v->who[v->len] = who;
     v->e[v->len++] = (Point){peak, time};
 }
 
@@ -302,11 +319,16 @@ static int merge(Ctx *C) {
     tmp->len = 0;
     int64_t i = i0, j = 0;
     while (i < i1 || j < cand->len) {
-        const Point *e = (j >= cand->len || (i < i1 && acc->e[i].peak <= cand->e[j].peak)) ? &acc->e[i++] : &cand->e[j++];
-        push(tmp, e->peak, e->time);
+        if (j >= cand->len || (i < i1 && acc->e[i].peak <= cand->e[j].peak))
+            push(tmp, acc->e[i].peak, acc->e[i].time, acc->who[i]), i++;
+        else
+            push(tmp, cand->e[j].peak, cand->e[j].time, cand->who[j]), j++;
     }
-    memmove(acc->e + i0 + tmp->len, acc->e + i1, (size_t)(acc->len - i1) * sizeof(Point));
+    const int64_t tail = acc->len - i1;
+    memmove(acc->e + i0 + tmp->len, acc->e + i1, (size_t)tail * sizeof(Point));
+    memmove(acc->who + i0 + tmp->len, acc->who + i1, (size_t)tail * sizeof(int32_t));
     memcpy(acc->e + i0, tmp->e, (size_t)tmp->len * sizeof(Point));
+    memcpy(acc->who + i0, tmp->who, (size_t)tmp->len * sizeof(int32_t));
     acc->len += tmp->len - (i1 - i0);
     return 0;
 }
@@ -356,7 +378,7 @@ static int split_candidates(Ctx *C, int a, int b, int c, int pinned, int pending
         acc_to(&at, peak);
         const double time = (fT + R.x[i].time) + L.x[j].time;
         if (time < at.time)
-            push(&C->cand, peak, time);
+            push(&C->cand, peak, time, c - a);
         else
             skip_dominated(&R, &L, fT, top, at.time, &i, &j);
         const int64_t next_r = next_level(&R, i), next_l = next_level(&L, j);
@@ -368,7 +390,23 @@ static int split_candidates(Ctx *C, int a, int b, int c, int pinned, int pending
     return 0;
 }
 
-/* Copy the staircase built for ``key`` into the pool, with its sketch and corners. */
+/* Record which checkpoint splits (c - a) the staircase built for ``key`` uses, each once. */
+static int store_winners(Ctx *C, int64_t key) {
+    const Vec *acc = &C->acc;
+    const int64_t mark = ++C->stamp;
+    int32_t found = 0;
+    if (grow((void **)&C->won, &C->won_cap, C->won_len + acc->len, sizeof(int32_t)))
+        return -1;
+    for (int64_t k = 0; k < acc->len; k++) {
+        const int32_t w = acc->who[k];
+        if (w && C->seen[w] != mark)
+            C->seen[w] = mark, C->won[C->won_len + found++] = w;
+    }
+    C->won_at[key] = C->won_len, C->won_n[key] = found, C->won_len += found;
+    return 0;
+}
+
+/* Copy the staircase built for ``key`` into the pool, with its sketch, corners and winning splits. */
 static int store(Ctx *C, int64_t key) {
     const Vec *acc = &C->acc;
     const int64_t m = acc->len, s = m < SKETCH ? m : SKETCH;
@@ -382,7 +420,7 @@ static int store(Ctx *C, int64_t key) {
     if (m)
         C->first_peak[key] = acc->e[0].peak, C->last_time[key] = acc->e[m - 1].time;
     C->pool_len += m, C->sketch_len += s;
-    return 0;
+    return store_winners(C, key);
 }
 
 /* A sub-problem (a, b): x_a's bytes unless pinned (cur), what its end holds (base: x_b and the loss
@@ -411,6 +449,49 @@ static inline int64_t forward_peak(const Ctx *C, int a, int c, int64_t forward) 
     return c == a + 1 ? C->f[a + 1] : max64(forward, C->untaped[c]);
 }
 
+/* Append to order (marking each: seen[c] = mark) the splits c in a+1..last, not yet marked, that a built
+ * neighbour's frontier uses, in the order its frontier first uses them; its offsets count from ``from``. */
+static int queue_winners(Ctx *C, int64_t neighbour, int from, int a, int last, int64_t mark, int *order) {
+    int queued = 0;
+    if (neighbour < 0 || C->start[neighbour] < 0)
+        return 0;
+    const int32_t *won = C->won + C->won_at[neighbour];
+    for (int32_t k = 0; k < C->won_n[neighbour]; k++) {
+        const int c = from + won[k];
+        if (c > a && c <= last && C->seen[c] != mark)
+            C->seen[c] = mark, order[queued++] = c;
+    }
+    return queued;
+}
+
+/* Merge every checkpoint split's candidates into acc.  The splits the neighbouring sub-problems' frontiers
+ * use go first (the same sub-problem before the loss, (a+1, b), (a, b-1)): on most chains they build
+ * nearly the whole staircase, so the other splits' walks find their pairs dominated early.  The order
+ * changes the work only: the staircase of a set of points is the same in any order. */
+static int merge_splits(Ctx *C, int a, int b, int pinned, int pending, const Sub *sub, int64_t cap) {
+    const int last = pending ? b : b - 1;        /* c = b = n: checkpoint, forward to n, then the loss */
+    int64_t forward = 0;
+    for (int c = a + 1; c <= last; c++)
+        C->forward[c] = forward = forward_peak(C, a, c, forward);
+    const int64_t mark = ++C->stamp;
+    int *order = C->order, queued = 0;
+    queued += queue_winners(C, pending ? key_of(C, a, b, pinned, 0) : -1, a, a, last, mark, order + queued);
+    queued += queue_winners(C, a + 1 < b ? key_of(C, a + 1, b, 0, pending) : -1, a + 1, a, last, mark, order + queued);
+    queued += queue_winners(C, b - 1 > a ? key_of(C, a, b - 1, pinned, 0) : -1, a, a, last, mark, order + queued);
+    for (int c = a + 1; c <= last; c++)
+        if (C->seen[c] != mark)
+            order[queued++] = c;
+    for (int k = 0; k < queued; k++) {
+        const int c = order[k];
+        int err = split_candidates(C, a, b, c, pinned, pending, sub->cur, sub->base + sub->cur + C->forward[c], cap);
+        if (err)
+            return err;
+        if (C->cand.len && merge(C))
+            return -1;
+    }
+    return 0;
+}
+
 /* Build the frontier of sub-problem (a, b, pinned, pending) into the pool. */
 static int build(Ctx *C, int a, int b, int pinned, int pending) {
     pinned = pinned || a == 0;
@@ -426,7 +507,7 @@ static int build(Ctx *C, int a, int b, int pinned, int pending) {
         if (reserve(acc, 1))
             return -1;
         if (peak <= cap)
-            push(acc, peak, pending ? C->loss_time : 0.0);
+            push(acc, peak, pending ? C->loss_time : 0.0, 0);
     } else {
         if (C->start[sub.child] < 0)
             return -2;
@@ -437,18 +518,11 @@ static int build(Ctx *C, int a, int b, int pinned, int pending) {
             const int64_t peak = max64(sub.notes, sub.held + tape[k].peak);
             if (peak > cap)
                 break;
-            push(acc, peak, tape[k].time + C->tape_time[a + 1]);
+            push(acc, peak, tape[k].time + C->tape_time[a + 1], 0);
         }
-        const int last = pending ? b : b - 1;        /* c = b = n: checkpoint, forward to n, then the loss */
-        int64_t forward = 0;
-        for (int c = a + 1; c <= last; c++) {
-            forward = forward_peak(C, a, c, forward);
-            int err = split_candidates(C, a, b, c, pinned, pending, sub.cur, sub.base + sub.cur + forward, cap);
-            if (err)
-                return err;
-            if (C->cand.len && merge(C))
-                return -1;
-        }
+        int err = merge_splits(C, a, b, pinned, pending, &sub, cap);
+        if (err)
+            return err;
     }
     if (C->first_only && acc->len > 1)
         acc->len = 1;
@@ -459,7 +533,9 @@ void ckpt_frontier_free(Ctx *C) {
         return;
     free(C->X), free(C->f), free(C->r), free(C->own), free(C->G), free(C->untaped), free(C->kin), free(C->kout);
     free(C->tape_time), free(C->Fsum), free(C->content);
-    free(C->points), free(C->sketch), free(C->sketch_at), free(C->acc.e), free(C->cand.e), free(C->tmp.e);
+    free(C->points), free(C->sketch), free(C->sketch_at), free(C->won), free(C->won_at), free(C->won_n);
+    free(C->forward), free(C->seen), free(C->order);
+    free(C->acc.e), free(C->acc.who), free(C->cand.e), free(C->cand.who), free(C->tmp.e), free(C->tmp.who);
     free(C);
 }
 
@@ -493,9 +569,12 @@ Ctx *ckpt_frontier_solve(int n, const int64_t *X, const int64_t *f, const int64_
     C->kin = copy_of(kin, stages, 1), C->kout = copy_of(kout, stages, 1);
     C->tape_time = copy_of(tape_time, stages, sizeof(double)), C->Fsum = copy_of(Fsum, stages, sizeof(double));
     C->content = copy_of(content, stages * stages, sizeof(int32_t));
-    C->sketch_at = calloc((size_t)keys, i64);
+    C->sketch_at = calloc((size_t)keys, i64), C->won_at = calloc((size_t)keys, i64);
+    C->won_n = calloc((size_t)keys, sizeof(int32_t));
+    C->forward = calloc(stages, i64), C->seen = calloc(stages, i64), C->order = calloc(stages, sizeof(int));
     if (!C->X || !C->f || !C->r || !C->own || !C->G || !C->untaped || !C->kin || !C->kout || !C->tape_time
-        || !C->Fsum || !C->content || !C->sketch_at) {
+        || !C->Fsum || !C->content || !C->sketch_at || !C->won_at || !C->won_n || !C->forward || !C->seen
+        || !C->order) {
         ckpt_frontier_free(C);
         return NULL;
     }
