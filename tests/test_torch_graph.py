@@ -344,8 +344,8 @@ def test_a_step_is_freed_without_the_garbage_collector(strategy, backwarded):
     from ckpt.torch.backend import Step
     model = wrap(blocks(6), strategy)
     gc.collect()
-    earlier = {id(o) for o in gc.get_objects() if type(o) is Step}     # other tests' (a runner keeps a
-    gc.disable()                                                         # step whose forward raised)
+    earlier = {id(o) for o in gc.get_objects() if type(o) is Step}     # other tests' steps
+    gc.disable()
     try:
         out = model(torch.randn(4, 6, dtype=torch.float64, requires_grad=True))
         if backwarded:
@@ -355,6 +355,53 @@ def test_a_step_is_freed_without_the_garbage_collector(strategy, backwarded):
     finally:
         gc.enable()
     assert alive == []
+
+
+class Fails(nn.Module):
+    """Raises when ``failing``: a forward that fails mid-step (an out-of-memory error, a shape error)."""
+
+    def __init__(self):
+        super().__init__()
+        self.failing = False
+
+    def forward(self, x):
+        if self.failing:
+            raise RuntimeError("out of memory (simulated)")
+        return x
+
+
+@pytest.mark.parametrize("wrapper", ["sequential", "in_place"])
+def test_a_step_whose_forward_raised_is_freed_at_once(wrapper):
+    # A caller that catches an out-of-memory error and retries with a smaller batch needs the failed
+    # step's checkpoints and RNG states gone; the runner kept the step until the next one started.
+    from ckpt.torch.backend import Step
+    stages = blocks(6)
+    fails = Fails()
+    stages.insert(4, fails)
+    if wrapper == "sequential":
+        model = ckpt.CheckpointedSequential(stages, strategy="sqrt_n")
+    else:
+        model = nn.Sequential(*stages)
+        ckpt.checkpoint_modules(list(model), strategy="sqrt_n")
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    model(x).sum().backward()                                          # a whole step: nothing to learn
+    gc.collect()
+    earlier = {id(o) for o in gc.get_objects() if type(o) is Step}
+    fails.failing = True
+    gc.disable()
+    try:
+        try:
+            model(x)
+        except RuntimeError as error:
+            assert "simulated" in str(error)
+        alive = [o for o in gc.get_objects() if type(o) is Step and id(o) not in earlier]
+    finally:
+        gc.enable()
+    assert alive == []
+    fails.failing = False
+    plain = nn.Sequential(*stages)
+    assert_equal(grads(lambda: model(x).sum(), list(plain.parameters())),
+                 grads(lambda: plain(x).sum(), list(plain.parameters())))
 
 
 def test_batchnorm_statistics_update_once_per_step():

@@ -641,6 +641,10 @@ class ChainRunner:
         self._pending = step
         return step
 
+    def abandon(self) -> None:
+        """Drop the step whose first sweep raised: its checkpoints and RNG states go now, not at the next step."""
+        self._pending = None
+
     def finished_sweep(self) -> None:
         """Called by a step whose first sweep ended: its stats are the latest."""
         step, self._pending = self._pending, None

@@ -72,8 +72,12 @@ def _run_chain(runner: ChainRunner, stages: list, x):
         for stage in stages:
             x = stage(x)
         return x
-    for k, stage in enumerate(stages, start=1):
-        x = step.call(k, stage, (x,), {})
+    try:
+        for k, stage in enumerate(stages, start=1):
+            x = step.call(k, stage, (x,), {})
+    except BaseException:
+        runner.abandon()
+        raise
     return x
 
 
@@ -309,7 +313,12 @@ class CheckpointHandle(_PlanView):
         step = self._step
         if step is None:
             return forward(*args, **kwargs)
-        out = step.call(k, forward, args, kwargs, self.blocks[k - 1])
+        try:
+            out = step.call(k, forward, args, kwargs, self.blocks[k - 1])
+        except BaseException:
+            self._step = None
+            self._runner.abandon()
+            raise
         if k == len(self.blocks):
             self._step = None
         return out
