@@ -21,6 +21,11 @@ from the memory model, FLOP times):
   stage a little cheaper than the one before): the hard case, where no two
   sub-chains share their content and near-equal trade-offs keep thousands of
   entries on every frontier;
+* measured_like: the homogeneous chain with each stage's forward and backward
+  times scaled by uniform(0.95, 1.05) (seed 2), as per-stage medians of
+  identical blocks measured one by one come out: equal bytes, no two stages
+  equal, so no sub-chain shares its content (``Profile.from_torch`` pools the
+  samples of identical stages to avoid this);
 * random: a hand-built profile (seed 1) whose every byte figure is drawn
   uniformly at byte granularity (activations 1 B to 64 MiB, tapes, transients,
   parameter gradients, whether a tape keeps its input) and whose times are
@@ -41,13 +46,19 @@ import sys
 import time
 from pathlib import Path
 
-CHAINS = ("homogeneous", "cnn_like", "transformer_like", "random", "distinct")
+CHAINS = ("homogeneous", "cnn_like", "transformer_like", "measured_like", "random", "distinct")
 
 
 def chain_profile(kind: str, n: int):
     """The benchmark's n-stage chain of the given kind (module docstring) as a ``ckpt.Profile``."""
+    import dataclasses
     import random
     import ckpt
+    if kind == "measured_like":
+        rng, base = random.Random(2), chain_profile("homogeneous", n)
+        return dataclasses.replace(base, stages=tuple(dataclasses.replace(
+            s, forward_time=s.forward_time * rng.uniform(0.95, 1.05),
+            backward_time=s.backward_time * rng.uniform(0.95, 1.05)) for s in base.stages))
     if kind == "random":
         rng = random.Random(1)
         X = [rng.randint(1, 64 * 2**20) for _ in range(n + 1)]
