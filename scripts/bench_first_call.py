@@ -148,12 +148,43 @@ def markdown(rows: list, meta: dict) -> str:
                      f"{fmt(e['profile_s'])} | {fmt(e['plan_s'])} | {fmt(e['rest_s'])} | "
                      f"{', '.join(map(str, e['distinct_stage_times']))} | "
                      f"{', '.join(map(str, e['forward_steps']))} | {e['rounds']} |")
-    lines += ["", "Cells: median (min–max) over the rounds. Every run's row: `first_call.csv`."]
+    lines += ["", "Cells: median (min–max) over the rounds. Every run's row: `first_call.csv`; the run's "
+              "settings and load: `meta.json`.", ""] + findings(summary(rows)) + [
+              "", "Planning seconds depend on `ckpt.optimal`'s engine at the commit measured (the C kernel, "
+              "`ckpt/_frontier.c`, where a compiler exists). Forward steps may differ between rounds: "
+              "measured times decide near-ties between plans of equal peak."]
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
         lines += ["", "Runs that did not finish:", ""] + [f"- n = {r['n']}, pool {r['pool_identical']}: "
                                                            f"{r['status']}" for r in failed]
     return "\n".join(lines) + "\n"
+
+
+def findings(entries: list) -> list:
+    """Sentences on the largest n measured both ways: planning and first-step medians, on vs off."""
+    by_key = {(e["n"], e["pool_identical"]): e for e in entries if e["rounds"]}
+    both = [n for n in sorted({n for n, _ in by_key}) if (n, True) in by_key and (n, False) in by_key]
+    if not both:
+        return []
+    n = both[-1]
+    on, off = by_key[(n, True)], by_key[(n, False)]
+    median = lambda e, k: e[k][0]  # noqa: E731
+    return [f"At n = {n}, pooling cut the median planning time from {median(off, 'plan_s'):.3f} s to "
+            f"{median(on, 'plan_s'):.3f} s ({median(off, 'plan_s') / median(on, 'plan_s'):.0f}× less) and the "
+            f"first step from {median(off, 'first_step_s'):.2f} s to {median(on, 'first_step_s'):.2f} s; "
+            f"with pooling, profiling is {median(on, 'profile_s') / median(on, 'first_step_s'):.0%} of the "
+            f"first step (medians of {on['rounds']} and {off['rounds']} rounds; ratios of medians)."]
+
+
+def read_rows(path: Path) -> list:
+    """The rows of a ``first_call.csv`` with their numbers and booleans back."""
+    def value(text: str):
+        try:
+            return json.loads(text.lower() if text in ("True", "False") else text)
+        except ValueError:
+            return text
+    with open(path, newline="") as f:
+        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def main(argv=None) -> None:
@@ -163,7 +194,12 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per child process")
     parser.add_argument("--out", type=Path, default=Path("reports/first_call"))
+    parser.add_argument("--render", action="store_true", help="rewrite README.md from --out's CSV and meta.json")
     args = parser.parse_args(argv)
+    if args.render:
+        meta = json.loads((args.out / "meta.json").read_text())
+        (args.out / "README.md").write_text(markdown(read_rows(args.out / "first_call.csv"), meta))
+        return
     import torch
     load_before = os.getloadavg()[0]
     budgets = {n: sqrt_n_budget(n) for n in args.n}
@@ -186,6 +222,7 @@ def main(argv=None) -> None:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+    (args.out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     (args.out / "README.md").write_text(markdown(rows, meta))
     print(f"wrote {args.out / 'README.md'} and {args.out / 'first_call.csv'}")
 
