@@ -247,8 +247,8 @@ _SIMPLE = (type(None), bool, int, float, complex, str, bytes)
 
 
 def describe(value, leaf=None):
-    """A hashable description of ``value``: simple values (None, bool, int, float, complex, str) with
-    their type, tuples, lists and dicts of describable values; anything else as ``leaf(value)``
+    """A hashable description of ``value``: simple values (None, bool, int, float, complex, str, bytes,
+    numpy scalars) with their type, tuples, lists and dicts of describable values; anything else as ``leaf(value)``
     describes it (a backend's arrays), or ``Unrepresentable``."""
     if isinstance(value, _SIMPLE) or (isinstance(value, np.generic) and not isinstance(value, np.object_)):
         return type(value).__name__, value

@@ -202,13 +202,17 @@ def test_numpy_signatures_see_the_activation_the_shapes_and_the_dtypes():
 
 # ------------------------------------------------------------------ the wrappers
 
-def test_the_budget_wrapper_profiles_with_pooling_unless_told_not_to():
+def test_the_budget_wrappers_profile_with_pooling_unless_told_not_to():
     blocks, x = linear_relu_blocks(5), torch.randn(8, 32)
     budget = ckpt.predict_memory(ckpt.Profile.from_torch(blocks, x, repeats=1), "store_all").peak_bytes * 4
     for pool, distinct in ((True, 2), (False, 5)):
         model = ckpt.CheckpointedSequential(blocks, budget=budget, pool_identical=pool)
         model(x).sum().backward()
         assert distinct_times(model.profile) == distinct
+    net = nn.Sequential(*blocks)                         # in place: the blocks' forwards are patched meanwhile
+    with ckpt.checkpoint_modules(list(net), budget=budget) as handle:
+        net(x).sum().backward()
+    assert distinct_times(handle.profile) == 2
     with pytest.raises(ValueError, match="pool_identical=False says how a budget's profile is measured"):
         ckpt.CheckpointedSequential(blocks, pool_identical=False)
     with pytest.raises(TypeError, match="pool_identical must be True or False"):
