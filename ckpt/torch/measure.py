@@ -227,9 +227,11 @@ def stage_signature(stage, value, cost: StageCost):
     Dropout's p, ``training``, a custom module's ``self.n_iters``), and each parameter and buffer by
     name, shape, stride, dtype, device, requires_grad and which earlier one it is (tied weights);
     then each tensor of the input ``value`` the same way, and the stage's bytes (``cost``, times
-    zeroed).  Anything else — a function, a plain tensor or any other object among the public
-    attributes (a plain callable wrapped as a module), a forward or backward hook, an input that is
-    not tensors and simple values — gives None: a wrong pooling would silently give wrong times.
+    zeroed).  Of functions among the attributes, only torch's own top-level ones count, by identity (a
+    TransformerEncoderLayer's ``activation=F.relu``).  Anything else — a user's function (a plain
+    callable wrapped as a module), a plain tensor or any other object among the public attributes, a
+    forward or backward hook, an input that is not tensors and simple values — gives None: a wrong
+    pooling would silently give wrong times.  Private attributes ('_' names) are not compared.
     """
     if not isinstance(stage, torch.nn.Module):
         return None
@@ -255,8 +257,8 @@ def _module_signature(name: str, module, seen: dict) -> tuple:
 
 
 def _torch_simple(value):
-    """torch's own simple values, and a named function defined at a module's top level (by identity: a
-    TransformerEncoderLayer's ``activation=F.relu``); never a tensor, lambda, closure or bound method."""
+    """torch's own simple values (dtype, device, memory format, layout) and functions (``_torch_function``,
+    by identity); None for anything else: a tensor, a user's function, any other object."""
     if isinstance(value, (torch.dtype, torch.device, torch.memory_format, torch.layout)):
         return type(value).__name__, str(value)
     if _torch_function(value):
