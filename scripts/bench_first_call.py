@@ -131,7 +131,9 @@ def markdown(rows: list, meta: dict) -> str:
         "",
         f"Model: n identical `Linear({WIDTH}, {WIDTH})` + `ReLU` blocks, input {BATCH}×{WIDTH} float32 (needs no "
         "gradient), CPU, one thread; `ckpt.CheckpointedSequential(blocks, budget=B, pool_identical=...)` with B "
-        "= sqrt_n's predicted peak (memory model on the blocks' measured bytes). Each configuration runs in its "
+        "= sqrt_n's predicted peak (memory model on the blocks' measured bytes; the batch is large against the "
+        "width so that activations, not the gradients held to the step's end, decide the peak: at width 256, "
+        "batch 64 store_all fits within sqrt_n's peak and there is nothing to plan). Each configuration runs in its "
         "own fresh process, rounds interleaved. All seconds are **measured** wall time (`time.perf_counter`) in "
         "the child: *first step* = `model(x).sum().backward()` on the first call; *profiling* = "
         "`profile_in_isolation` (`Profile.from_torch`, 3 repeats + 1 warm-up per stage, CPU transients from the "
