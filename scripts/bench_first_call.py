@@ -124,8 +124,8 @@ def markdown(rows: list, meta: dict) -> str:
     lines = [
         "# First call of a budget wrapper: profiling and planning seconds",
         "",
-        "Produced by `PYTHONPATH=. python scripts/bench_first_call.py --out reports/first_call` "
-        f"({meta['date']}, {meta['machine']}, torch {meta['torch']}, {meta['rounds']} rounds; "
+        f"Produced by `PYTHONPATH=. python scripts/bench_first_call.py --rounds {meta['rounds']} --out "
+        f"reports/first_call` ({meta['date']}, {meta['machine']}, torch {meta['torch']}, {meta['rounds']} rounds; "
         f"1-minute load {meta['load_before']:.2f} before, {meta['load_after']:.2f} after; "
         f"children's load at start {meta['child_load_min']:.2f}–{meta['child_load_max']:.2f}).",
         "",
