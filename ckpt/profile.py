@@ -153,12 +153,17 @@ class Profile:
 
     # -- builders -----------------------------------------------------------
     @classmethod
-    def from_chain(cls, chain, batch: int, times: str = "flops", repeats: int = 3) -> "Profile":
+    def from_chain(cls, chain, batch: int, times: str = "flops", repeats: int = 3,
+                   pool_identical: bool = True) -> "Profile":
         """Exact bytes from a numpy ``Chain``'s memory model; times a FLOP model or measured.
 
         ``times="flops"``: a Dense stage costs 2·B·in·out multiply-adds forward
         and twice that backward (δa and ∂W); the loss 4·B·C.  ``times="measured"``:
-        medians of ``repeats`` numpy runs of each stage, in seconds.
+        medians of ``repeats`` numpy runs of each stage, in seconds; with
+        ``pool_identical``, stages with one ``numpy_stage_signature`` (same class, input
+        shape, parameters' shapes and dtypes, other attributes and bytes) get the median
+        of all their samples pooled (``pooled_medians``), so identical stages have
+        identical times and the planner shares their sub-problems.
         """
         from .memory import symbolic_inputs
         from .backends.symbolic import SymbolicArray
@@ -181,19 +186,30 @@ class Profile:
         profile = cls(tuple(stages), x.nbytes, loss_time=4 * int(np.prod(shapes[-1])),
                       loss_transient=chain.loss.temp(shapes[-1], y.shape, dtype), time_unit="flops",
                       source=f"numpy chain, batch {batch}, FLOP model", meta={"batch": batch})
-        return _measured_chain_times(profile, chain, batch, repeats) if times == "measured" else profile
+        if times == "flops":
+            return profile
+        return _measured_chain_times(profile, chain, batch, repeats, pool_identical)
 
     @classmethod
-    def from_torch(cls, stages, sample_input, repeats: int = 5, warmup: int = 1) -> "Profile":
+    def from_torch(cls, stages, sample_input, repeats: int = 5, warmup: int = 1,
+                   pool_identical: bool = True) -> "Profile":
         """Measured times (medians; CUDA-synchronised on a GPU) and bytes of torch stages
         (``ckpt.torch.measure``: the bytes the torch wrappers' memory check counts too).
+
+        With ``pool_identical``, ``nn.Module`` stages with one structure signature
+        (``ckpt.torch.measure.stage_signature``: every submodule's type, simple public
+        attributes, parameters and buffers; the input's tensors; the measured bytes) get one
+        forward and one backward time: the median of all their samples pooled.  Identical
+        blocks run the same kernels on the same shapes, so their differences are noise, and
+        only equal costs let ``ckpt.optimal`` share work between equal sub-chains.
+        ``pool_identical=False``: each stage's own medians.
 
         A schedule's peak predicted from it (``ckpt.predict_memory``, ``ckpt.optimal``'s budget) is
         what the torch wrappers' step allocates running that schedule, except the CPU generator
         states it keeps to replay random draws (at most ``ckpt.torch.replay_state_bytes(schedule)``:
         5,056 B per re-run start, and one more during a re-run) and the caller's loss value."""
         from .torch.measure import torch_profile
-        return torch_profile(stages, sample_input, repeats, warmup)
+        return torch_profile(stages, sample_input, repeats, warmup, pool_identical)
 
 
 def _dense_flops(stage, in_shape) -> float:
@@ -204,8 +220,8 @@ def _dense_flops(stage, in_shape) -> float:
     return float(np.prod(stage.out_shape(in_shape)))
 
 
-def median_time(fn, repeats: int, sync=lambda: None) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs (``sync`` before reading the clock)."""
+def time_samples(fn, repeats: int, sync=lambda: None) -> list[float]:
+    """Wall seconds of ``repeats`` runs of ``fn()`` (``sync`` before reading the clock)."""
     samples = []
     for _ in range(repeats):
         sync()
@@ -213,27 +229,108 @@ def median_time(fn, repeats: int, sync=lambda: None) -> float:
         fn()
         sync()
         samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+    return samples
 
 
-def _measured_chain_times(profile: Profile, chain, batch: int, repeats: int) -> Profile:
-    """``profile`` with each stage's and the loss's times measured on numpy (seconds)."""
+def median_time(fn, repeats: int, sync=lambda: None) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs (``sync`` before reading the clock)."""
+    return statistics.median(time_samples(fn, repeats, sync))
+
+
+# ------------------------------------------------------------------ pooling the times of identical stages
+
+class Unrepresentable(ValueError):
+    """A value a structure signature cannot describe: the stage holding it does not pool."""
+
+
+_SIMPLE = (type(None), bool, int, float, complex, str, bytes)
+
+
+def describe(value, leaf=None):
+    """A hashable description of ``value``: simple values (None, bool, int, float, complex, str, bytes,
+    numpy scalars) with their type, tuples, lists and dicts of describable values; anything else as ``leaf(value)``
+    describes it (a backend's arrays), or ``Unrepresentable``."""
+    if isinstance(value, _SIMPLE) or (isinstance(value, np.generic) and not isinstance(value, np.object_)):
+        return type(value).__name__, value
+    if isinstance(value, (tuple, list)):
+        return type(value).__name__, tuple(describe(v, leaf) for v in value)
+    if isinstance(value, dict):
+        return "dict", tuple((describe(k, leaf), describe(v, leaf)) for k, v in value.items())
+    described = leaf(value) if leaf is not None else None
+    if described is None:
+        raise Unrepresentable(f"profile: a {type(value).__name__} has no structure signature")
+    return described
+
+
+def public_attributes(obj, leaf=None) -> tuple:
+    """``describe`` of each of ``obj``'s own attributes whose name does not start with '_', in order."""
+    return tuple((name, describe(v, leaf)) for name, v in vars(obj).items() if not name.startswith("_"))
+
+
+def pooled_medians(samples: list, signatures: list) -> tuple[list[tuple[float, float]], str]:
+    """Per stage (forward, backward) medians, and a note for ``Profile.source``.
+
+    ``samples[i]`` is stage i's (forward samples, backward samples); stages with one signature
+    (not None) get the median of all their samples pooled, the others the median of their own.
+    """
+    groups: dict = {}
+    for i, key in enumerate(signatures):
+        groups.setdefault(("pool", key) if key is not None else ("own", i), []).append(i)
+    medians = [None] * len(samples)
+    for members in groups.values():
+        pooled = tuple(statistics.median([t for i in members for t in samples[i][k]]) for k in (0, 1))
+        for i in members:
+            medians[i] = pooled
+    shared = [m for m in groups.values() if len(m) > 1]
+    note = (f"times pooled over {len(shared)} groups of identical stages ({sum(map(len, shared))} stages)"
+            if shared else "times per stage: no two stages identical")
+    return medians, note
+
+
+def numpy_stage_signature(stage, x, cost: StageCost):
+    """What decides a numpy stage's time, None when something is unrepresentable: its class, the input
+    ``x``'s shape and dtype, its parameters' shapes and dtypes, its other public attributes (objects among
+    them by their class and public attributes) and its bytes (``cost`` with times zeroed)."""
+    try:
+        params = tuple((name, p.shape, p.dtype.str) for name, p in stage.params.items())
+        return (type(stage), x.shape, np.dtype(x.dtype).str, params, public_attributes(stage, _numpy_leaf),
+                replace(cost, forward_time=0.0, backward_time=0.0))
+    except Unrepresentable:
+        return None
+
+
+def _numpy_leaf(value, depth: int = 0):
+    """Arrays by shape and dtype; non-callable plain objects (a ``Dense``'s activation) by class and
+    public attributes."""
+    if isinstance(value, np.ndarray):
+        return "ndarray", value.shape, value.dtype.str
+    if callable(value) or not hasattr(value, "__dict__") or depth > 3:
+        return None
+    return type(value), public_attributes(value, lambda v: _numpy_leaf(v, depth + 1))
+
+
+def _measured_chain_times(profile: Profile, chain, batch: int, repeats: int, pool_identical: bool) -> Profile:
+    """``profile`` with each stage's and the loss's times measured on numpy (seconds), pooled over
+    identical stages when ``pool_identical``."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, chain.stages[0].in_features)).astype(chain.dtype)
-    stages = []
+    samples, signatures = [], []
     for stage, cost in zip(chain.stages, profile.stages):
         out, tape = stage.forward(x, True)
-        fwd = median_time(lambda: stage.forward(x, True), repeats)
-        bwd = median_time(lambda: stage.backward(tape, np.ones_like(out)), repeats)
-        stages.append(replace(cost, forward_time=fwd, backward_time=bwd))
+        samples.append((time_samples(lambda: stage.forward(x, True), repeats),
+                        time_samples(lambda: stage.backward(tape, np.ones_like(out)), repeats)))
+        signatures.append(numpy_stage_signature(stage, x, cost) if pool_identical else None)
         x = out
+    medians, note = pooled_medians(samples, signatures)
+    stages = tuple(replace(cost, forward_time=fwd, backward_time=bwd)
+                   for cost, (fwd, bwd) in zip(profile.stages, medians))
     from .memory import symbolic_inputs
     _, y_sym = symbolic_inputs(chain, batch)
     y = (np.zeros(y_sym.shape, y_sym.dtype) if y_sym.dtype.kind == "i"
          else np.zeros(y_sym.shape, chain.dtype))
     loss = median_time(lambda: chain.loss(x, y), repeats)
-    return replace(profile, stages=tuple(stages), loss_time=loss, time_unit="seconds",
-                   source=f"numpy chain, batch {batch}, measured (median of {repeats})")
+    source = f"numpy chain, batch {batch}, measured (median of {repeats}" + (f"; {note})" if pool_identical else ")")
+    return replace(profile, stages=stages, loss_time=loss, time_unit="seconds", source=source)
 
 
 def schedule_for(model, strategy, batch=None, **options):

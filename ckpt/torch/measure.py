@@ -26,15 +26,15 @@ and, on CUDA, transients; the memory check (``ckpt.torch.memcheck``) uses the by
 
 from __future__ import annotations
 
-import statistics
 import time
+import types
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from ..profile import Profile, StageCost
+from ..profile import Profile, StageCost, Unrepresentable, describe, pooled_medians, public_attributes
 from .hooks import SavedRecorder, storage_key
 
 
@@ -183,33 +183,110 @@ class LeftAsItWas:
 
 # ------------------------------------------------------------------ Profile.from_torch: bytes and times
 
-def torch_profile(stages, x, repeats: int, warmup: int) -> Profile:
+def torch_profile(stages, x, repeats: int, warmup: int, pool_identical: bool = True) -> Profile:
     """Bytes (``stage_bytes``) and median times of torch stages, each called as a module (its hooks fire).
 
     Transients are measured as the peak allocated above the live bytes: on CUDA from the
     allocator's peak counter, on CPU (which has none) from the profiler's allocation events.
     Without them the memory model misses the moment inside ``Backward(i)`` when stage i's new
     gradients exist beside its tape.  When a profiler is already running (it cannot be nested),
-    CPU transients are 0 and ``source`` says so.
+    CPU transients are 0 and ``source`` says so.  With ``pool_identical``, stages with one
+    ``stage_signature`` get the median of their samples pooled (``ckpt.profile.pooled_medians``).
     """
     from .inspect import _stages
     cuda = any(t.is_cuda for t in tensors_of(x))
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     transients = _cuda_transients if cuda else _cpu_transients
     measured = cuda or not torch.autograd.profiler._is_profiler_enabled
-    modules, costs = [m for _, m in _stages(stages)], []
+    modules, costs, samples, signatures = [m for _, m in _stages(stages)], [], [], []
     resident = resident_keys(modules)
     for (stage, cost, value), params in zip(chain_bytes(modules, x), _gradients_added(modules)):
         def fresh(value=value):
             return step_inputs((value,), {}, resident)
-        fwd, bwd = _step_times(stage, fresh, repeats, warmup, sync)
+        samples.append(_step_times(stage, fresh, repeats, warmup, sync))
         with _no_gradients_yet(params):
             f_peak, b_peak = transients(stage, fresh) if measured else (0, 0)
-        costs.append(replace(cost, forward_time=fwd, backward_time=bwd,
-                             forward_transient=f_peak, backward_transient=b_peak))
+        costs.append(replace(cost, forward_transient=f_peak, backward_transient=b_peak))
+        signatures.append(stage_signature(stage, value, costs[-1]) if pool_identical else None)
+    medians, note = pooled_medians(samples, signatures)
+    costs = [replace(cost, forward_time=fwd, backward_time=bwd) for cost, (fwd, bwd) in zip(costs, medians)]
     return profile_of(costs, nbytes_of(x), time_unit="seconds",
-                   source=f"torch stages on {'cuda' if cuda else 'cpu'}, measured (median of {repeats})"
+                   source=f"torch stages on {'cuda' if cuda else 'cpu'}, measured (median of {repeats}"
+                          + (f"; {note})" if pool_identical else ")")
                           + ("" if measured else "; transients not measured (0): a profiler was running"))
+
+
+# ------------------------------------------------------------------ structure signatures (pooled times)
+
+def stage_signature(stage, value, cost: StageCost):
+    """What decides a torch stage's time, or None (it does not pool): only ``nn.Module`` stages have one.
+
+    For every submodule, in ``named_modules()`` order: its name and type, its public attributes
+    (names not starting with '_') described by value when simple (None, bool, int, float, str,
+    ``torch.dtype``, ``torch.device``, and tuples, lists and dicts of those: a Conv2d's stride, a
+    Dropout's p, ``training``, a custom module's ``self.n_iters``), and each parameter and buffer by
+    name, shape, stride, dtype, device, requires_grad and which earlier one it is (tied weights);
+    then each tensor of the input ``value`` the same way, and the stage's bytes (``cost``, times
+    zeroed).  Of functions among the attributes, only torch's own top-level ones count, by identity (a
+    TransformerEncoderLayer's ``activation=F.relu``).  Anything else — a user's function (a plain
+    callable wrapped as a module), a plain tensor or any other object among the public attributes, a
+    forward or backward hook, an input that is not tensors and simple values — gives None: a wrong
+    pooling would silently give wrong times.  Private attributes ('_' names) are not compared.
+    """
+    if not isinstance(stage, torch.nn.Module):
+        return None
+    try:
+        seen: dict = {}
+        modules = tuple(_module_signature(name, m, seen) for name, m in stage.named_modules())
+        return modules, describe(value, _tensor_leaf({})), replace(cost, forward_time=0.0, backward_time=0.0)
+    except Unrepresentable:
+        return None
+
+
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _module_signature(name: str, module, seen: dict) -> tuple:
+    """One submodule's part of ``stage_signature`` (``seen``: tensors met so far, by id)."""
+    if any(getattr(module, hooks, None) for hooks in _HOOKS):
+        raise Unrepresentable(f"ckpt.torch: {name or 'the stage'} has hooks")
+    tensors = _tensor_leaf(seen)
+    return (name, type(module), public_attributes(module, _torch_simple),
+            tuple((k, describe(t, tensors)) for k, t in module._parameters.items()),
+            tuple((k, describe(t, tensors)) for k, t in module._buffers.items()))
+
+
+def _torch_simple(value):
+    """torch's own simple values (dtype, device, memory format, layout) and functions (``_torch_function``,
+    by identity); None for anything else: a tensor, a user's function, any other object."""
+    if isinstance(value, (torch.dtype, torch.device, torch.memory_format, torch.layout)):
+        return type(value).__name__, str(value)
+    if _torch_function(value):
+        return "function", value
+    return None
+
+
+def _torch_function(fn) -> bool:
+    """Whether ``fn`` is one of torch's own top-level functions (``F.relu``, ``torch.tanh``): no closure, not
+    a lambda, a local or a bound method.  A user's function never pools, not even kept by a module."""
+    if isinstance(fn, types.FunctionType):
+        top_level = fn.__closure__ is None and "<" not in fn.__qualname__
+    elif isinstance(fn, types.BuiltinFunctionType):               # bound to a module or nothing, never an object
+        top_level = fn.__self__ is None or isinstance(fn.__self__, types.ModuleType)
+    else:
+        return False
+    module = getattr(fn, "__module__", None) or getattr(fn.__self__, "__name__", "")
+    return top_level and (module == "torch" or module.startswith(("torch.", "torch._C")))
+
+
+def _tensor_leaf(seen: dict):
+    """Describes a tensor by its metadata, and whether it is one met before (its first place in ``seen``)."""
+    def leaf(t):
+        if not isinstance(t, torch.Tensor):
+            return _torch_simple(t)
+        first = seen.setdefault(id(t), len(seen))
+        return ("tensor", tuple(t.shape), t.stride(), t.dtype, t.device, t.requires_grad, first)
+    return leaf
 
 
 @contextmanager
@@ -239,9 +316,10 @@ def _backward(outs: list, grads: list) -> None:
         torch.autograd.backward(outs, grads)
 
 
-def _step_times(stage, fresh, repeats: int, warmup: int, sync) -> tuple[float, float]:
-    """Median seconds of a taped forward and of its backward (ones as the output gradient), each run on
-    fresh input copies (``fresh()``, made off the clock: a stage may modify its input in place)."""
+def _step_times(stage, fresh, repeats: int, warmup: int, sync) -> tuple[list, list]:
+    """Seconds of ``repeats`` taped forwards and of their backwards (ones as the output gradient), after
+    ``warmup`` runs, each on fresh input copies (``fresh()``, made off the clock: a stage may modify
+    its input in place)."""
     forward, backward = [], []
     for k in range(warmup + repeats):
         args, kwargs = fresh()
@@ -258,7 +336,7 @@ def _step_times(stage, fresh, repeats: int, warmup: int, sync) -> tuple[float, f
         if k >= warmup:
             forward.append(forward_end - t0)
             backward.append(time.perf_counter() - t1)
-    return statistics.median(forward), statistics.median(backward)
+    return forward, backward
 
 
 def _cuda_transients(stage, fresh) -> tuple[int, int]:

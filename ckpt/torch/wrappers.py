@@ -116,15 +116,16 @@ class CheckpointedSequential(_PlanView, nn.Sequential):
     its predicted peak does not fit (``ckpt.torch.memcheck``; ``memory_check=False``: not checked).
     With ``preserve_rng_state`` a step also holds CPU generator states that the predicted peak leaves
     out: at most ``ckpt.torch.replay_state_bytes(schedule)``, 5,056 B each; a ``budget`` plan keeps
-    them within the budget too (``BudgetPlans``).
+    them within the budget too (``BudgetPlans``).  With a ``budget``, ``pool_identical`` (default True)
+    gives structurally identical stages one time each when profiling (``Profile.from_torch``).
     """
 
     def __init__(self, modules, strategy=None, preserve_rng_state: bool = True,
                  track_memory: bool = False, memory_check: bool = True, budget=None,
-                 profile: Profile | None = None, **options):
+                 profile: Profile | None = None, pool_identical: bool = True, **options):
         super().__init__(_as_modules(modules))
         self.budget = _budget_plans(budget, profile, strategy, options, "CheckpointedSequential",
-                                    preserve_rng_state)
+                                    preserve_rng_state, pool_identical)
         strategy = strategy or ("optimal" if self.budget else "sqrt_n")
         self._memory = MemoryGuard(memory_check, strategy, options, self.budget)
         self._runner = ChainRunner(list(self._modules.values()), strategy, preserve_rng_state, track_memory,
@@ -158,17 +159,19 @@ class BudgetPlans:
     """``optimal`` schedules for a byte budget, one per input signature (shape, dtype, device, requires_grad).
 
     The first call with a new signature profiles the stages on that input
-    (``Profile.from_torch``; their gradients, buffers and RNG state are left as
-    they were) and plans; later calls with a signature seen before reuse its
-    plan.  A ``profile`` given by the user is planned from once, whatever the input.
+    (``Profile.from_torch``, with ``pool_identical``: identical stages timed as one; their
+    gradients, buffers and RNG state are left as they were) and plans; later calls with a
+    signature seen before reuse its plan.  A ``profile`` given by the user is planned from once, whatever the input.
     With ``preserve_rng_state``, the plan's predicted peak and the CPU generator states its
     re-runs keep (``replay_state_bytes``, which the memory model leaves out) fit the budget
     together; on a GPU those are host bytes, so there the plan is conservative by as much.
     """
 
-    def __init__(self, budget, profile: Profile | None = None, preserve_rng_state: bool = True):
+    def __init__(self, budget, profile: Profile | None = None, preserve_rng_state: bool = True,
+                 pool_identical: bool = True):
         from ..planners import parse_bytes
         self.budget, self.given, self.preserve_rng_state = parse_bytes(budget), profile, preserve_rng_state
+        self.pool_identical = pool_identical
         self.plans: dict = {}                 # signature → (profile, schedule)
         self.current = None                   # the (profile, schedule) of the latest call
         if profile is not None:
@@ -192,7 +195,7 @@ class BudgetPlans:
         key = None if self.given is not None else signature((x,), {})
         plan = self.plans.get(key)
         if plan is None:
-            profile = profile_in_isolation(stages, x)
+            profile = profile_in_isolation(stages, x, self.pool_identical)
             plan = self.plans[key] = (profile, self._optimal(profile))
         if plan is not self.current:
             self.current = plan
@@ -230,22 +233,28 @@ class BudgetPlans:
         return predict_memory(profile, schedule).peak_bytes + replay_state_bytes(schedule) > self.budget
 
 
-def _budget_plans(budget, profile, strategy, options, who: str, preserve_rng_state: bool) -> BudgetPlans | None:
+def _budget_plans(budget, profile, strategy, options, who: str, preserve_rng_state: bool,
+                  pool_identical: bool = True) -> BudgetPlans | None:
     """The wrapper's ``BudgetPlans``, or None without a budget; refuses options that contradict it."""
+    if not isinstance(pool_identical, bool):
+        raise TypeError(f"ckpt.{who}: pool_identical must be True or False, got {pool_identical!r}")
     if budget is None:
         if profile is not None:
             raise ValueError(f"ckpt.{who}: profile= is what a budget is planned from; pass budget= with it")
+        if not pool_identical:
+            raise ValueError(f"ckpt.{who}: pool_identical=False says how a budget's profile is measured; "
+                             f"pass budget= with it")
         return None
     if strategy not in (None, "optimal") or options:
         raise ValueError(f"ckpt.{who}: budget= plans with strategy 'optimal' and takes no strategy options; "
                          f"got strategy={strategy!r}, options {sorted(options)}")
-    return BudgetPlans(budget, profile, preserve_rng_state)
+    return BudgetPlans(budget, profile, preserve_rng_state, pool_identical)
 
 
-def profile_in_isolation(stages: list, x) -> Profile:
+def profile_in_isolation(stages: list, x, pool_identical: bool = True) -> Profile:
     """``Profile.from_torch`` leaving no trace: parameter gradients, buffers and the RNG as they were."""
     with LeftAsItWas(stages, devices_of(tensors_of(x))):
-        return Profile.from_torch(list(stages), x, repeats=3)
+        return Profile.from_torch(list(stages), x, repeats=3, pool_identical=pool_identical)
 
 
 _RUNNERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -385,7 +394,8 @@ def _blocks_of(modules) -> list:
 
 def checkpoint_modules(modules, strategy=None, preserve_rng_state: bool = True,
                        track_memory: bool = False, memory_check: bool = True, budget=None,
-                       profile: Profile | None = None, **options) -> CheckpointHandle:
+                       profile: Profile | None = None, pool_identical: bool = True,
+                       **options) -> CheckpointHandle:
     """Checkpoint the listed blocks of an existing model in place; the model's forward is unchanged.
 
     The blocks, in the order the model calls them, form the chain the schedule plans
@@ -394,9 +404,11 @@ def checkpoint_modules(modules, strategy=None, preserve_rng_state: bool = True,
     training call per input shape is checked against the memory the device has
     (``ckpt.torch.memcheck``: alike blocks only; ``memory_check=False``: not checked).
     ``budget=`` (bytes or "6GiB") plans ``optimal`` per input signature, profiling
-    the blocks as a chain on the first call, or once from a given ``profile=``.
+    the blocks as a chain on the first call (``pool_identical``: identical blocks timed as
+    one, see ``Profile.from_torch``), or once from a given ``profile=``.
     """
-    plans = _budget_plans(budget, profile, strategy, options, "checkpoint_modules", preserve_rng_state)
+    plans = _budget_plans(budget, profile, strategy, options, "checkpoint_modules", preserve_rng_state,
+                          pool_identical)
     strategy = strategy or ("optimal" if plans else "sqrt_n")
     return CheckpointHandle(_blocks_of(modules), strategy, preserve_rng_state, track_memory, options, plans,
                             memory_check)
