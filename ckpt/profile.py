@@ -271,7 +271,8 @@ def pooled_medians(samples: list, signatures: list) -> tuple[list[tuple[float, f
     """Per stage (forward, backward) medians, and a note for ``Profile.source``.
 
     ``samples[i]`` is stage i's (forward samples, backward samples); stages with one signature
-    (not None) get the median of all their samples pooled, the others the median of their own.
+    (not None) get the median of all their samples pooled (a member may have none of its own), the
+    others the median of their own.
     """
     groups: dict = {}
     for i, key in enumerate(signatures):

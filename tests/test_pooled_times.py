@@ -76,6 +76,56 @@ def test_the_first_stage_pools_only_when_its_input_and_bytes_match():
     assert distinct_contents(profile) == 2 * 6                 # contents with or without block 1: 6 lengths each
 
 
+def counting(monkeypatch, name: str) -> list:
+    """Calls of ``ckpt.torch.measure.<name>`` (still run), one stage each."""
+    import ckpt.torch.measure as measure
+    calls, real = [], getattr(measure, name)
+
+    def counted(stage, *args, **kwargs):
+        calls.append(stage)
+        return real(stage, *args, **kwargs)
+    monkeypatch.setattr(measure, name, counted)
+    return calls
+
+
+def norm_blocks(n: int, width: int = 32) -> list:
+    """Blocks whose forward and backward allocate transients (LayerNorm, GELU)."""
+    torch.manual_seed(0)
+    return [nn.Sequential(nn.Linear(width, width), nn.LayerNorm(width), nn.GELU()) for _ in range(n)]
+
+
+def test_identical_blocks_are_timed_and_checked_a_few_times_and_reuse_equal_transients(monkeypatch):
+    """Of 8 identical blocks (the first apart: its input needs no gradient), the next three are timed and
+    two have their transients measured; the rest reuse them, equal to the byte to what measuring every
+    block gives."""
+    from ckpt.torch.measure import CHECKED_PER_GROUP, TIMED_PER_GROUP
+    blocks, x = norm_blocks(8), torch.randn(16, 32)
+    every = ckpt.Profile.from_torch(blocks, x, repeats=2, pool_identical=False)
+    timed, checked = counting(monkeypatch, "_step_times"), counting(monkeypatch, "_cpu_transients")
+    pooled = ckpt.Profile.from_torch(blocks, x, repeats=2)
+    assert timed == blocks[:1 + TIMED_PER_GROUP] and checked == blocks[:1 + CHECKED_PER_GROUP]
+    assert [replace_times(s) for s in pooled.stages] == [replace_times(s) for s in every.stages]
+    assert any(s.backward_transient for s in pooled.stages)            # the reused figures are not zeros
+    assert distinct_times(ckpt.Profile(pooled.stages[1:], 0)) == 1
+    assert "(7 stages), the first 3 of each timed" in pooled.source
+
+
+def test_identical_blocks_whose_transients_differ_are_all_measured_and_timed(monkeypatch):
+    import ckpt.torch.measure as measure
+    calls = []
+
+    def uneven(stage, fresh):                    # the second block's transients differ from the first's
+        calls.append(stage)
+        return (0, 1000 if len(calls) == 2 else 0)
+    monkeypatch.setattr(measure, "_cpu_transients", uneven)
+    timed = counting(monkeypatch, "_step_times")
+    blocks = linear_relu_blocks(6)
+    profile = ckpt.Profile.from_torch(blocks, torch.randn(8, 32, requires_grad=True), repeats=2)
+    assert calls == blocks and timed == blocks
+    assert [s.backward_transient for s in profile.stages] == [0, 1000, 0, 0, 0, 0]
+    assert "times pooled over 1 groups of identical stages (5 stages)" in profile.source
+
+
 def test_bytes_alone_keep_stages_apart():
     block = nn.Linear(32, 32)
     x = torch.randn(8, 32, requires_grad=True)

@@ -183,6 +183,10 @@ class LeftAsItWas:
 
 # ------------------------------------------------------------------ Profile.from_torch: bytes and times
 
+TIMED_PER_GROUP = 3         # identical stages timed (their samples pooled); the group's others are not
+CHECKED_PER_GROUP = 2       # identical stages whose transients are measured before the others reuse them
+
+
 def torch_profile(stages, x, repeats: int, warmup: int, pool_identical: bool = True) -> Profile:
     """Bytes (``stage_bytes``) and median times of torch stages, each called as a module (its hooks fire).
 
@@ -190,29 +194,47 @@ def torch_profile(stages, x, repeats: int, warmup: int, pool_identical: bool = T
     allocator's peak counter, on CPU (which has none) from the profiler's allocation events.
     Without them the memory model misses the moment inside ``Backward(i)`` when stage i's new
     gradients exist beside its tape.  When a profiler is already running (it cannot be nested),
-    CPU transients are 0 and ``source`` says so.  With ``pool_identical``, stages with one
-    ``stage_signature`` get the median of their samples pooled (``ckpt.profile.pooled_medians``).
+    CPU transients are 0 and ``source`` says so.
+
+    With ``pool_identical``, stages with one ``stage_signature`` and the same transients get one
+    time: the median of their samples pooled (``ckpt.profile.pooled_medians``).  Only the first
+    ``TIMED_PER_GROUP`` of them are timed, and once the first ``CHECKED_PER_GROUP`` measured equal
+    transients the others reuse them (if they differ, every such stage is measured and timed), so
+    profiling n identical blocks costs a few blocks' timing runs, not n.
     """
     from .inspect import _stages
     cuda = any(t.is_cuda for t in tensors_of(x))
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     transients = _cuda_transients if cuda else _cpu_transients
     measured = cuda or not torch.autograd.profiler._is_profiler_enabled
-    modules, costs, samples, signatures = [m for _, m in _stages(stages)], [], [], []
+    modules, costs, samples, groups = [m for _, m in _stages(stages)], [], [], []
     resident = resident_keys(modules)
+    peaks_seen, timed = {}, {}              # per signature: the transients measured, the stages timed
     for (stage, cost, value), params in zip(chain_bytes(modules, x), _gradients_added(modules)):
         def fresh(value=value):
             return step_inputs((value,), {}, resident)
-        samples.append(_step_times(stage, fresh, repeats, warmup, sync))
-        with _no_gradients_yet(params):
-            f_peak, b_peak = transients(stage, fresh) if measured else (0, 0)
-        costs.append(replace(cost, forward_transient=f_peak, backward_transient=b_peak))
-        signatures.append(stage_signature(stage, value, costs[-1]) if pool_identical else None)
-    medians, note = pooled_medians(samples, signatures)
+        signature = stage_signature(stage, value, cost) if pool_identical else None
+        seen = peaks_seen.setdefault(signature, []) if signature is not None else []
+        settled = len(seen) >= CHECKED_PER_GROUP and len(set(seen)) == 1
+        if signature is None or not settled or timed.get(signature, 0) < TIMED_PER_GROUP:
+            samples.append(_step_times(stage, fresh, repeats, warmup, sync))
+            timed[signature] = timed.get(signature, 0) + 1
+        else:
+            samples.append(([], []))
+        if settled:
+            peaks = seen[0]
+        else:
+            with _no_gradients_yet(params):
+                peaks = transients(stage, fresh) if measured else (0, 0)
+            seen.append(peaks)
+        costs.append(replace(cost, forward_transient=peaks[0], backward_transient=peaks[1]))
+        groups.append(None if signature is None else (signature, peaks))
+    medians, note = pooled_medians(samples, groups)
     costs = [replace(cost, forward_time=fwd, backward_time=bwd) for cost, (fwd, bwd) in zip(costs, medians)]
+    timed_note = (f", the first {TIMED_PER_GROUP} of each timed" if any(not f for f, _ in samples) else "")
     return profile_of(costs, nbytes_of(x), time_unit="seconds",
                    source=f"torch stages on {'cuda' if cuda else 'cpu'}, measured (median of {repeats}"
-                          + (f"; {note})" if pool_identical else ")")
+                          + (f"; {note}{timed_note})" if pool_identical else ")")
                           + ("" if measured else "; transients not measured (0): a profiler was running"))
 
 
