@@ -389,10 +389,12 @@ def _cpu_transients(stage, fresh) -> tuple[int, int]:
     is gone; δ_i is therefore made inside the backward (the gradient of a sum of the output times
     a broadcast one) and its bytes taken off, as the memory model holds δ_i beside the transient.
     """
-    from torch.profiler import ProfilerActivity, profile, record_function
+    # torch.autograd.profiler's profile, not torch.profiler's: the latter's first use imports
+    # torch._dynamo (1.6 s, measured in a fresh process here); the session and its events are the same
+    from torch.autograd.profiler import profile, record_function
     args, kwargs = fresh()
     delta = 0
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with profile(profile_memory=True, use_kineto=True) as prof:
         with record_function(_FORWARD):
             outs = _taped_forward(stage, args, kwargs)
         if outs:
@@ -402,19 +404,20 @@ def _cpu_transients(stage, fresh) -> tuple[int, int]:
             del outs
             with record_function(_BACKWARD):
                 total.backward()
-    peaks = _peaks_within(prof, (_FORWARD, _BACKWARD))
+    peaks = _peaks_within(prof.kineto_results, (_FORWARD, _BACKWARD))
     return peaks[_FORWARD], max(0, peaks.get(_BACKWARD, 0) - delta)
 
 
-def _peaks_within(prof, names) -> dict:
-    """Per ``record_function`` range named in ``names``: peak CPU bytes held above its start.
+def _peaks_within(results, names) -> dict:
+    """Per ``record_function`` range named in ``names``: peak CPU bytes held above its start, from a
+    finished session's ``kineto_results``.
 
     Only blocks allocated inside the session count: the profiler remembers the size of every block
     it saw allocated, also after its session, so a block freed outside a session and its address
     reused outside one is later reported freed with a stale size; such a free is not trusted.
     """
     allocations, ranges = [], {}
-    for node in _preorder(prof.profiler.kineto_results.experimental_event_tree()):
+    for node in _preorder(results.experimental_event_tree()):
         if node.tag == torch._C._profiler._EventType.Allocation and node.extra_fields.device.type == "cpu":
             allocations.append((node.start_time_ns, node.extra_fields.ptr, node.extra_fields.alloc_size))
         elif node.name in names:
