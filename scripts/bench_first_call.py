@@ -136,8 +136,9 @@ def markdown(rows: list, meta: dict) -> str:
         "batch 64 store_all fits within sqrt_n's peak and there is nothing to plan). Each configuration runs in its "
         "own fresh process, rounds interleaved. All seconds are **measured** wall time (`time.perf_counter`) in "
         "the child: *first step* = `model(x).sum().backward()` on the first call; *profiling* = "
-        "`profile_in_isolation` (`Profile.from_torch`, 3 repeats + 1 warm-up per stage, CPU transients from the "
-        "profiler); *planning* = `BudgetPlans._optimal` (`ckpt.optimal`, re-planned if the generator states do "
+        "`profile_in_isolation` (`Profile.from_torch`: 3 repeats + 1 warm-up per timed stage, CPU transients "
+        "from torch's profiler; without pooling every stage is timed and measured, with it the first 3 and the "
+        "first 2 of each group of identical stages); *planning* = `BudgetPlans._optimal` (`ckpt.optimal`, re-planned if the generator states do "
         "not fit beside the plan); *rest* = first step − profiling − planning (the memory check and the step "
         "itself). *Distinct stage times* and *forward steps* are counted from the profile and the plan.",
         "",
