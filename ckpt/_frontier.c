@@ -31,6 +31,18 @@
 #define CKPT_FRONTIER_ABI 8
 #define SKETCH 16                    /* entries per sketch: 4 cache lines */
 
+/* Work counters, compiled in only with -DCKPT_FRONTIER_COUNTS (scripts/bench_planner.py --work):
+ * splits judged, skipped at their corners, skipped from the sketches, walked; walk steps, candidates
+ * pushed, dominated leaps; staircase entries moved by merges. */
+enum { SPLITS, CORNER_SKIPS, SKETCH_SKIPS, WALKS, WALK_STEPS, PUSHES, LEAPS, MOVED, COUNTERS };
+#ifdef CKPT_FRONTIER_COUNTS
+static int64_t counts[COUNTERS];
+const int64_t *ckpt_frontier_counts(void) { return counts; }
+#define COUNT(k, by) (counts[k] += (by))
+#else
+#define COUNT(k, by) ((void)0)
+#endif
+
 typedef struct {
     int64_t peak;
     double time;
@@ -325,6 +337,7 @@ static int merge(Ctx *C) {
             push(tmp, cand->e[j].peak, cand->e[j].time, cand->who[j]), j++;
     }
     const int64_t tail = acc->len - i1;
+    COUNT(MOVED, tail);
     memmove(acc->e + i0 + tmp->len, acc->e + i1, (size_t)tail * sizeof(Point));
     memmove(acc->who + i0 + tmp->len, acc->who + i1, (size_t)tail * sizeof(int32_t));
     memcpy(acc->e + i0, tmp->e, (size_t)tmp->len * sizeof(Point));
@@ -345,6 +358,7 @@ static int split_candidates(Ctx *C, int a, int b, int c, int pinned, int pending
                             int64_t cap) {
     const int64_t kr = key_of(C, c, b, 0, pending), kl = key_of(C, a, c, pinned, 0);
     C->cand.len = 0;
+    COUNT(SPLITS, 1);
     if (C->start[kr] < 0 || C->start[kl] < 0)
         return -2;                                   /* a child not built: an ordering bug */
     if (!C->size[kr] || !C->size[kl])
@@ -354,8 +368,10 @@ static int split_candidates(Ctx *C, int a, int b, int c, int pinned, int pending
     /* from the children's corners alone (two small arrays): every pair peaks at or above the least level
      * and is no faster than both sides' fastest; dominated if the staircase is already that fast there */
     int64_t peak = max64(max64(C->first_peak[kr] + cur, C->first_peak[kl] + g), fp);
-    if (peak > cap || reach(&C->acc, (fT + C->last_time[kr]) + C->last_time[kl]) <= peak)
+    if (peak > cap || reach(&C->acc, (fT + C->last_time[kr]) + C->last_time[kl]) <= peak) {
+        COUNT(CORNER_SKIPS, 1);
         return 0;
+    }
     const Side R = side_of(C, kr, cur), L = side_of(C, kl, g);
     /* the split's fastest within the cap: each side's last entry whose level fits; levels above the least
      * where the staircase is that fast are dominated */
@@ -368,8 +384,11 @@ static int split_candidates(Ctx *C, int a, int b, int c, int pinned, int pending
     AccCursor at = {C->acc.e, acc_len, first_at_or_above(&C->acc, 0, peak + 1) - 1, 0, INFINITY};
     at.next = at.below + 1 < acc_len ? at.e[at.below + 1].peak : INT64_MAX;
     at.time = at.below >= 0 ? at.e[at.below].time : INFINITY;
-    if ((peak = first_open_level(&R, &L, fT, peak, top, &at)) > top)
+    if ((peak = first_open_level(&R, &L, fT, peak, top, &at)) > top) {
+        COUNT(SKETCH_SKIPS, 1);
         return 0;
+    }
+    COUNT(WALKS, 1);
     if (reserve(&C->cand, R.m + L.m))
         return -1;
     /* (i, j): each side's last entry at or under the level, i.e. the fastest pair there */
@@ -377,10 +396,14 @@ static int split_candidates(Ctx *C, int a, int b, int c, int pinned, int pending
     while (peak <= top) {
         acc_to(&at, peak);
         const double time = (fT + R.x[i].time) + L.x[j].time;
-        if (time < at.time)
+        COUNT(WALK_STEPS, 1);
+        if (time < at.time) {
+            COUNT(PUSHES, 1);
             push(&C->cand, peak, time, c - a);
-        else
+        } else {
+            COUNT(LEAPS, 1);
             skip_dominated(&R, &L, fT, top, at.time, &i, &j);
+        }
         const int64_t next_r = next_level(&R, i), next_l = next_level(&L, j);
         if (next_r == INT64_MAX && next_l == INT64_MAX)
             break;

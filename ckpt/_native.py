@@ -46,15 +46,16 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
-def _build(target: Path) -> None:
-    """Compile the source to ``target`` atomically (concurrent builders each rename a whole file)."""
+def _build(target: Path, extra_flags: tuple = ()) -> None:
+    """Compile the source to ``target`` atomically (concurrent builders each rename a whole file); ``extra_flags``
+    (e.g. ``-DCKPT_FRONTIER_COUNTS``) go after ``FLAGS``."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(dir=target.parent, prefix=target.stem, suffix=".part")
     os.close(fd)
     compiler = os.environ.get("CC", "cc")
     try:
         try:
-            done = subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE)], capture_output=True, text=True,
+            done = subprocess.run([compiler, *FLAGS, *extra_flags, "-o", partial, str(SOURCE)], capture_output=True, text=True,
                                   timeout=120)
         except subprocess.TimeoutExpired as error:
             raise OSError(f"{compiler} ran past {error.timeout:g} s") from error

@@ -100,17 +100,44 @@ print(json.dumps({"seconds": seconds, "peak": peak, "budget": budget, "forward_s
 """
 
 
+WORK = ("splits", "corner_skips", "sketch_skips", "walks", "walk_steps", "pushes", "leaps", "moved")
+
+
+def counting_kernel():
+    """The C kernel built with ``-DCKPT_FRONTIER_COUNTS`` (its work counters, in the order of ``WORK``), once
+    per process into a temporary directory; None without a compiler."""
+    import ctypes
+    import tempfile
+    from ckpt import _native
+    if not hasattr(counting_kernel, "lib"):
+        target = Path(tempfile.mkdtemp(prefix="ckpt-counts-")) / "frontier.so"
+        try:
+            _native._build(target, ("-DCKPT_FRONTIER_COUNTS",))
+            lib = ctypes.CDLL(str(target))
+        except OSError:
+            lib = None
+        if lib is not None:
+            _native._declare(lib)
+            lib.ckpt_frontier_counts.restype = ctypes.POINTER(ctypes.c_int64)
+        counting_kernel.lib = lib
+    return counting_kernel.lib
+
+
 def frontier_counts(kind: str, n: int, which: str) -> dict:
-    """Counted: the entries the planner's frontiers keep (the chain's root; all sub-problems) and how
-    many sub-problems (content, pinned, pending) it builds, at the given budget."""
+    """Counted: the entries the planner's frontiers keep (the chain's root; all sub-problems), how many
+    sub-problems (content, pinned, pending) it builds at the given budget, and the kernel's work (``WORK``:
+    splits judged, skipped at their corners or from the sketches, walked; walk steps, candidates pushed,
+    dominated leaps; staircase entries moved by merges)."""
     from ckpt.planners import _Planner, _solve_whole
     profile = chain_profile(kind, n)
-    planner = _Planner(profile, cap=budget_for(profile, which))
-    root = _solve_whole(planner)
+    planner, lib = _Planner(profile, cap=budget_for(profile, which)), counting_kernel()
+    before = list(lib.ckpt_frontier_counts()[:len(WORK)]) if lib else []
+    root = planner.solve_native(lib) if lib else _solve_whole(planner)
+    work = dict(zip(WORK, (now - then for now, then in zip(lib.ckpt_frontier_counts()[:len(WORK)], before))))
     sizes = ([len(f.peak) for f in planner.memo.values()] if planner.pool is None
              else [int(m) for k, m in zip(planner.pool[2], planner.pool[3]) if k >= 0])
     return {"chain": kind, "n": n, "budget_at": which, "root_entries": len(root.peak),
-            "entries": sum(sizes), "sub_problems": len(sizes)}
+            "entries": sum(sizes), "sub_problems": len(sizes), **work}
 
 
 READING = [
@@ -173,7 +200,8 @@ def main() -> int:
     parser.add_argument("--engines", nargs="+", default=["native", "numpy"], choices=["native", "numpy"])
     parser.add_argument("--out", default="reports/planner")
     parser.add_argument("--count", action="store_true",
-                        help="instead of timing: print the frontier entries each chain keeps at its largest n")
+                        help="instead of timing: print the frontier entries each chain keeps at its largest n and the C "
+                             "kernel's work counters (a copy built with -DCKPT_FRONTIER_COUNTS)")
     args = parser.parse_args()
     if args.count:
         for kind in CHAINS:
