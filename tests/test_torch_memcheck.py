@@ -94,6 +94,17 @@ def test_checkpoint_modules_checks_alike_blocks_from_block_one(monkeypatch):
         unlike(torch.randn(4, 8)).sum().backward()
 
 
+def test_blocks_differing_only_in_their_settings_are_not_checked_as_block_one():
+    """A stride changes a block's bytes but not its parameters' shapes: such blocks are not alike (the check
+    would predict block 1's bytes for each); equal blocks are."""
+    from ckpt.torch.memcheck import repeated_block_profile
+    x = torch.randn(2, 4, 8, 8)
+    strided = [nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1, stride=2)]
+    assert repeated_block_profile(strided, strided[0].forward, (x,), {}) is None
+    equal = [nn.Conv2d(4, 4, 3, padding=1) for _ in range(2)]
+    assert repeated_block_profile(equal, equal[0].forward, (x,), {}) is not None
+
+
 def test_memory_check_must_be_a_bool():
     with pytest.raises(TypeError, match=r"ckpt.torch: memory_check must be True or False, got 'no'"):
         ckpt.CheckpointedSequential(mlp(depth=2, width=4), memory_check="no")

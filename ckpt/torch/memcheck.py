@@ -50,8 +50,12 @@ def _forward_of(stage):
 
 
 def _alike(blocks: list) -> bool:
-    shapes = lambda b: (type(b), tuple(tuple(p.shape) for p in b.parameters()))
-    return all(shapes(b) == shapes(blocks[0]) for b in blocks)
+    """Whether every block is block 1's like: class, printed form (torch layers print the settings that
+    decide their bytes: a Conv2d's stride, padding, dilation) and parameter and buffer shapes."""
+    def form(b):
+        tensors = (*b.parameters(), *b.buffers()) if isinstance(b, torch.nn.Module) else ()
+        return type(b), repr(b), tuple(tuple(t.shape) for t in tensors)
+    return all(form(b) == form(blocks[0]) for b in blocks)
 
 
 def repeated_block_profile(blocks: list, forward, args: tuple, kwargs: dict) -> Profile | None:
