@@ -393,7 +393,7 @@ class Step:
             while self.pos <= self.plan.loss_index:
                 self._do(acts[self.pos])
             self._settle()
-            self.runner.finished_sweep()
+            self.runner.finished_sweep(self)
 
     def _do(self, a) -> None:
         self.run.do(a)
@@ -636,20 +636,12 @@ class ChainRunner:
             s = plan.schedule
             self.last_stats = Stats(forward_steps=s.forward_steps, backward_steps=s.backward_steps)
             return None
-        step = Step(self, plan)
         self.last_stats = None
-        self._pending = step
-        return step
+        return Step(self, plan)            # not kept here: a step whose forward raises is freed with its frames
 
-    def abandon(self) -> None:
-        """Drop the step whose first sweep raised: its checkpoints and RNG states go now, not at the next step."""
-        self._pending = None
-
-    def finished_sweep(self) -> None:
+    def finished_sweep(self, step: Step) -> None:
         """Called by a step whose first sweep ended: its stats are the latest."""
-        step, self._pending = self._pending, None
-        if step is not None:
-            self.last_stats = step.run.stats
+        self.last_stats = step.run.stats
         self.confirmed = True
 
     def norms_of(self, module) -> list:

@@ -72,12 +72,8 @@ def _run_chain(runner: ChainRunner, stages: list, x):
         for stage in stages:
             x = stage(x)
         return x
-    try:
-        for k, stage in enumerate(stages, start=1):
-            x = step.call(k, stage, (x,), {})
-    except BaseException:
-        runner.abandon()
-        raise
+    for k, stage in enumerate(stages, start=1):
+        x = step.call(k, stage, (x,), {})
     return x
 
 
@@ -325,8 +321,7 @@ class CheckpointHandle(_PlanView):
         try:
             out = step.call(k, forward, args, kwargs, self.blocks[k - 1])
         except BaseException:
-            self._step = None
-            self._runner.abandon()
+            self._step = None             # its last strong reference: the step goes with the exception
             raise
         if k == len(self.blocks):
             self._step = None
