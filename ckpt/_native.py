@@ -82,6 +82,16 @@ def _declare(lib) -> None:
     lib.ckpt_frontier_free.argtypes = [ctypes.c_void_p]
 
 
+def counting_lib(target: Path):
+    """The kernel built into ``target`` with ``-DCKPT_FRONTIER_COUNTS`` and loaded: ``ckpt_frontier_counts()``
+    returns its work counters (``_frontier.c``'s enum).  Raises ``OSError`` without a compiler."""
+    _build(target, ("-DCKPT_FRONTIER_COUNTS",))
+    lib = ctypes.CDLL(str(target))
+    _declare(lib)
+    lib.ckpt_frontier_counts.restype = ctypes.POINTER(ctypes.c_int64)
+    return lib
+
+
 @lru_cache(maxsize=None)
 def _load() -> tuple[object, str]:
     """(library or None, why not)."""

@@ -106,20 +106,13 @@ WORK = ("splits", "corner_skips", "sketch_skips", "walks", "walk_steps", "pushes
 def counting_kernel():
     """The C kernel built with ``-DCKPT_FRONTIER_COUNTS`` (its work counters, in the order of ``WORK``), once
     per process into a temporary directory; None without a compiler."""
-    import ctypes
     import tempfile
     from ckpt import _native
     if not hasattr(counting_kernel, "lib"):
-        target = Path(tempfile.mkdtemp(prefix="ckpt-counts-")) / "frontier.so"
         try:
-            _native._build(target, ("-DCKPT_FRONTIER_COUNTS",))
-            lib = ctypes.CDLL(str(target))
+            counting_kernel.lib = _native.counting_lib(Path(tempfile.mkdtemp(prefix="ckpt-counts-")) / "frontier.so")
         except OSError:
-            lib = None
-        if lib is not None:
-            _native._declare(lib)
-            lib.ckpt_frontier_counts.restype = ctypes.POINTER(ctypes.c_int64)
-        counting_kernel.lib = lib
+            counting_kernel.lib = None
     return counting_kernel.lib
 
 
@@ -133,7 +126,8 @@ def frontier_counts(kind: str, n: int, which: str) -> dict:
     planner, lib = _Planner(profile, cap=budget_for(profile, which)), counting_kernel()
     before = list(lib.ckpt_frontier_counts()[:len(WORK)]) if lib else []
     root = planner.solve_native(lib) if lib else _solve_whole(planner)
-    work = dict(zip(WORK, (now - then for now, then in zip(lib.ckpt_frontier_counts()[:len(WORK)], before))))
+    work = (dict(zip(WORK, (now - then for now, then in zip(lib.ckpt_frontier_counts()[:len(WORK)], before))))
+            if lib else {})                                               # no compiler: the numpy engine's entries
     sizes = ([len(f.peak) for f in planner.memo.values()] if planner.pool is None
              else [int(m) for k, m in zip(planner.pool[2], planner.pool[3]) if k >= 0])
     return {"chain": kind, "n": n, "budget_at": which, "root_entries": len(root.peak),

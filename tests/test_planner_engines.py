@@ -118,13 +118,8 @@ def test_an_edited_source_is_never_served_by_a_stale_build(fresh_kernel, monkeyp
 def test_the_counting_build_counts_its_work_and_builds_the_same_frontiers(monkeypatch, tmp_path):
     """``-DCKPT_FRONTIER_COUNTS`` (scripts/bench_planner.py --count) adds counters only: the same frontiers,
     and counts that add up (every split is skipped or walked; every walk step pushes or leaps)."""
-    import ctypes
     needs_a_compiler()
-    target = tmp_path / "counting.so"
-    _native._build(target, ("-DCKPT_FRONTIER_COUNTS",))
-    lib = ctypes.CDLL(str(target))
-    _native._declare(lib)
-    lib.ckpt_frontier_counts.restype = ctypes.POINTER(ctypes.c_int64)
+    lib = _native.counting_lib(tmp_path / "counting.so")
     profile = with_float_times(random_profile(20, random.Random(5)), random.Random(5))
     _, plain = frontier(profile, monkeypatch, "native")
     counted = _Planner(profile).solve_native(lib)
